@@ -1,0 +1,166 @@
+"""Tiny, deterministic, offline tokenizers and models for tests, examples and benchmarks.
+
+Everything here is built in-process in well under a second, so tests never touch a model hub. The two
+tokenizer families differ the way real ones do: a GPT-2 style byte-level BPE and a Llama-2/Gemma style
+SentencePiece BPE with `▁` for spaces and `<0xNN>` byte fallback.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+TINY_CORPUS_EXTRA = [
+    "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ( ) [ ] { }",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n",
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have? Answer: 7",
+    "Mr. Bennet was so odd a mixture of quick parts, sarcastic humour, reserve, and caprice.",
+]
+
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def bundled_passage() -> str:
+    """The short English passage shipped with the package (demo text and tiny-tokenizer corpus)."""
+    return resources.files("hf_coop").joinpath("data/passage.txt").read_text(encoding="utf-8")
+
+
+def tiny_corpus() -> list[str]:
+    return bundled_passage().split("\n") + TINY_CORPUS_EXTRA
+
+
+@lru_cache(maxsize=None)
+def _byte_level_bpe(vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(tiny_corpus(), trainer)
+    return tok
+
+
+def tiny_byte_level_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """GPT-2 style byte-level BPE (all 256 bytes as base symbols); `<|endoftext|>` is BOS, EOS and pad."""
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_byte_level_bpe(vocab_size).to_str()),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tok.chat_template = _CHAT_TEMPLATE
+    return tok
+
+
+@lru_cache(maxsize=None)
+def _sentencepiece_bpe(vocab_size: int) -> str:
+    """Train a Metaspace BPE on a restricted alphabet, then rebuild it with `<0xNN>` byte fallback."""
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(byte_tokens),
+        special_tokens=specials,
+        limit_alphabet=60,  # rare characters fall back to bytes, as in Llama-2 and Gemma
+        show_progress=False,
+    )
+    trainer_tok.train_from_iterator(tiny_corpus(), trainer)
+    trained = trainer_tok.get_vocab()
+    merges = [tuple(m) for m in __import__("json").loads(trainer_tok.to_str())["model"]["merges"]]
+    vocab = {t: i for i, t in enumerate(specials + byte_tokens)}
+    for piece, _ in sorted(trained.items(), key=lambda kv: kv[1]):
+        if piece not in vocab:
+            vocab[piece] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return tok.to_str()
+
+
+def tiny_sentencepiece_tokenizer(vocab_size: int = 480) -> PreTrainedTokenizerFast:
+    """Llama-2 style BPE: `▁` marks spaces, a prefix space is added, unknown characters use `<0xNN>`."""
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_sentencepiece_bpe(vocab_size)),
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    tok.add_bos_token = True
+    tok.chat_template = _CHAT_TEMPLATE.replace("<|im_start|>", "<s>").replace("<|im_end|>", "</s>")
+    return tok
+
+
+def tiny_causal_lm(
+    tokenizer: PreTrainedTokenizerFast,
+    arch: str = "llama",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    extra_head_rows: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+) -> PreTrainedModel:
+    """A randomly initialised causal LM for `tokenizer` (`arch` is "llama" or "gpt2").
+
+    `extra_head_rows` makes the output head larger than the tokenizer, as real checkpoints often are.
+    Weights are drawn with a large init range so the next-token distributions are far from uniform.
+    """
+    vocab_size = len(tokenizer) + extra_head_rows
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            initializer_range=0.3,
+            tie_word_embeddings=False,
+            **special,
+        )
+        model_cls = LlamaForCausalLM
+    elif arch == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden_size,
+            n_layer=num_layers,
+            n_head=4,
+            n_positions=2048,
+            initializer_range=0.3,
+            **special,
+        )
+        model_cls = GPT2LMHeadModel
+    else:
+        raise ValueError(f"arch must be 'llama' or 'gpt2', got {arch!r}")
+    torch.manual_seed(seed)
+    model = model_cls(config).to(dtype)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()

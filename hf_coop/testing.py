@@ -164,3 +164,33 @@ def tiny_causal_lm(
     model = model_cls(config).to(dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval()
+
+
+# --- PRT ---
+
+
+def tiny_sequence_classifier(
+    tokenizer: PreTrainedTokenizerFast,
+    labels: tuple[str, ...] = ("negative", "positive"),
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+) -> PreTrainedModel:
+    """A randomly initialised Llama sequence classifier over `labels` (names in index order)."""
+    from transformers import LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.3,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(config).eval()

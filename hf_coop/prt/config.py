@@ -1,0 +1,89 @@
+"""Configuration of Portable Reward Tuning: what a reward model needs to be reused, and the trainer's knobs."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+from transformers import TrainingArguments
+
+from ..config_utils import CoopConfig
+
+TaskType = Literal["causal_lm", "classification"]
+TASK_TYPES: tuple[str, ...] = ("causal_lm", "classification")
+
+
+@dataclasses.dataclass
+class PRTConfig(CoopConfig):
+    """Saved next to a PRT reward model (`prt_config.json`); names the output space the reward speaks.
+
+    At inference the reward is added to any new base's log-probabilities,
+    `p = softmax(log_softmax(f_new(x)) + r(x) / λ)` (the inference rule of arXiv 2502.12776), so it only makes sense over the
+    same vocabulary (causal LMs) or the same label set in the same order (classifiers); the fingerprints let
+    loaders refuse a mismatch instead of producing quietly wrong text.
+
+    Args:
+        temperature: λ in the paper; the reward is divided by it in training and inference.
+        entropy_weight: α of the optional entropy regulariser; training minimises `CE − α·H(softmax(r))`.
+        task_type: "causal_lm" (per-token reward over a vocabulary) or "classification" (over labels).
+        base_model_name_or_path / base_model_revision: the source base the reward was trained through.
+        vocab_size: number of token ids the reward covers (the tokenizer's length; heads may be larger).
+        vocab_fingerprint: `config_utils.vocab_fingerprint` of the tokenizer (causal LMs).
+        id2label: label names by index (classifiers); checked by name against a new base's labels.
+        labels_fingerprint: `config_utils.labels_fingerprint(id2label)` (classifiers).
+    """
+
+    config_name: ClassVar[str] = "prt_config.json"
+    format_version: ClassVar[int] = 1
+
+    temperature: float = 1.0
+    entropy_weight: float = 0.0
+    task_type: str = "causal_lm"
+    base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    vocab_size: int | None = None
+    vocab_fingerprint: str | None = None
+    id2label: dict[str, str] | None = None
+    labels_fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.task_type not in TASK_TYPES:
+            raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature (λ) must be > 0, got {self.temperature}")
+        if self.entropy_weight < 0:
+            raise ValueError(f"entropy_weight (α) must be >= 0, got {self.entropy_weight}")
+        if self.id2label is not None:
+            # JSON keys are strings; keep them so, whatever the caller passed
+            self.id2label = {str(k): str(v) for k, v in self.id2label.items()}
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """Label names in index order, or None for causal LMs."""
+        if self.id2label is None:
+            return None
+        return [self.id2label[str(i)] for i in range(len(self.id2label))]
+
+
+@dataclasses.dataclass
+class PRTTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the knobs only `PRTTrainer` reads (the method's own ones live in `PRTConfig`).
+
+    Args:
+        base_model_init_kwargs: keyword arguments for `from_pretrained` when the base is given as a model id.
+        log_loss_components: also log the cross-entropy and the reward entropy separately (`prt_ce`,
+            `prt_reward_entropy`), averaged over the logging interval.
+    """
+
+    base_model_init_kwargs: dict[str, Any] | None = dataclasses.field(
+        default=None, metadata={"help": "kwargs for from_pretrained when the base model is given by id."}
+    )
+    log_loss_components: bool = dataclasses.field(
+        default=True, metadata={"help": "Log cross-entropy and reward entropy separately."}
+    )
+
+    def __post_init__(self) -> None:
+        # the reward model's forward has no `labels` use here: the trainer pops them; eval must still see them
+        if self.label_names is None:
+            self.label_names = ["labels"]
+        super().__post_init__()

@@ -1,0 +1,89 @@
+"""The PRT rule and its baselines as tensor functions, shared by the trainer, the processors and the models.
+
+All combinations run in float32 over the first `vocab_size` entries (the tokenizer's length: checkpoints often
+carry extra, never-trained head rows) and return normalised log-probabilities; callers that need the head's
+full width pad with `pad_vocab`, which gives the extra rows probability zero.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def check_finite(logits: torch.Tensor, who: str, allow_neg_inf: bool = False) -> None:
+    """Refuse NaN (and +inf; -inf too unless `allow_neg_inf`) logits, naming the model that produced them."""
+    bad = torch.isnan(logits) | (logits == float("inf"))
+    if not allow_neg_inf:
+        bad |= logits == float("-inf")
+    if bool(bad.any()):
+        raise ValueError(
+            f"{who} produced {int(bad.sum())} non-finite logits (NaN or inf); check its weights and dtype "
+            "(fp16 overflow is a common cause: load it in float32 or bfloat16)"
+        )
+
+
+def shared_vocab_size(*logits: torch.Tensor, vocab_size: int | None = None) -> int:
+    """The number of entries to combine over: `vocab_size` if given (and covered by every head), else the
+    smallest head."""
+    smallest = min(t.shape[-1] for t in logits)
+    if vocab_size is None:
+        return smallest
+    if vocab_size > smallest:
+        raise ValueError(
+            f"a model's output head has {smallest} entries but the vocabulary has {vocab_size} tokens; "
+            "the models do not share this tokenizer"
+        )
+    return vocab_size
+
+
+def pad_vocab(log_probs: torch.Tensor, width: int) -> torch.Tensor:
+    """Extend the last dimension to `width` with -inf (probability zero for head rows beyond the tokenizer)."""
+    extra = width - log_probs.shape[-1]
+    if extra <= 0:
+        return log_probs
+    return F.pad(log_probs, (0, extra), value=float("-inf"))
+
+
+def prt_log_probs(
+    base_logits: torch.Tensor, reward_logits: torch.Tensor, temperature: float = 1.0, vocab_size: int | None = None
+) -> torch.Tensor:
+    """PRT (arXiv 2502.12776): `log_softmax(log_softmax(f_base(x)) + r(x) / λ)` over the shared vocabulary.
+
+    Training uses it through the frozen source base; inference through any new base with the same outputs.
+    """
+    size = shared_vocab_size(base_logits, reward_logits, vocab_size=vocab_size)
+    base = F.log_softmax(base_logits[..., :size].float(), dim=-1)
+    return F.log_softmax(base + reward_logits[..., :size].float() / temperature, dim=-1)
+
+
+def eft_log_probs(
+    new_logits: torch.Tensor,
+    finetuned_logits: torch.Tensor,
+    base_logits: torch.Tensor,
+    vocab_size: int | None = None,
+) -> torch.Tensor:
+    """Emulated fine-tuning baseline: `log π_new + (log π_ft − log π_base)`, renormalised."""
+    size = shared_vocab_size(new_logits, finetuned_logits, base_logits, vocab_size=vocab_size)
+    new, ft, base = (F.log_softmax(t[..., :size].float(), dim=-1) for t in (new_logits, finetuned_logits, base_logits))
+    return F.log_softmax(new + ft - base, dim=-1)
+
+
+def proxy_tuning_log_probs(
+    new_logits: torch.Tensor,
+    finetuned_logits: torch.Tensor,
+    base_logits: torch.Tensor,
+    alpha: float = 1.0,
+    vocab_size: int | None = None,
+) -> torch.Tensor:
+    """Proxy-tuning baseline (Liu et al. 2024): raw scores `s_new + α (s_ft − s_base)`, renormalised."""
+    size = shared_vocab_size(new_logits, finetuned_logits, base_logits, vocab_size=vocab_size)
+    new, ft, base = (t[..., :size].float() for t in (new_logits, finetuned_logits, base_logits))
+    return F.log_softmax(new + alpha * (ft - base), dim=-1)
+
+
+def reward_entropy(reward_logits: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+    """Entropy of `softmax(r)` per position (the paper's optional regulariser), in nats, float32."""
+    size = reward_logits.shape[-1] if vocab_size is None else vocab_size
+    log_p = F.log_softmax(reward_logits[..., :size].float(), dim=-1)
+    return -(log_p.exp() * log_p).sum(-1)

@@ -1,0 +1,144 @@
+"""PRT as models: a new base and a reward combined into one `GenerationMixin` causal LM (every decoding
+strategy, beam search included) or one classifier."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
+
+from ..config_utils import ArtifactError
+from .core import check_finite, pad_vocab, prt_log_probs
+from .processors import _unwrap_reward
+from .reward_model import PRTRewardModel
+
+
+class PRTCache(Cache):
+    """The KV caches of both members seen as one `Cache`: generate's reorder (beam search), crop and batch
+    selection run over every layer of both, so the members always follow the same sequences."""
+
+    def __init__(self, base_cache: DynamicCache, reward_cache: DynamicCache):
+        super().__init__(layers=[*base_cache.layers, *reward_cache.layers])
+        self.base_cache = base_cache
+        self.reward_cache = reward_cache
+
+
+class PRTModel(PreTrainedModel, GenerationMixin):
+    """`p = softmax(log_softmax(f_new(x)) + r(x)/λ)` (arXiv 2502.12776) as a causal LM.
+
+    Its logits are the combined log-probabilities (head rows beyond the tokenizer get -inf), so `generate`'s
+    warpers and beam search act on the PRT distribution. Both members run with their own KV cache, held
+    together in a `PRTCache`.
+
+    Args:
+        new_base: any causal LM with the reward's tokenizer (its head may be larger).
+        reward_model: a `PRTRewardModel` (λ and vocabulary from its config) or a bare causal LM.
+        temperature / vocab_size: override λ / the number of token ids combined.
+        tokenizer: the new base's tokenizer, checked against the reward's vocabulary fingerprint.
+    """
+
+    base_model_prefix = "prt"
+    main_input_name = "input_ids"
+    # attention runs inside the members, each with its own implementation
+    _supports_attention_backend = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    def __init__(
+        self,
+        new_base: PreTrainedModel,
+        reward_model: PRTRewardModel | nn.Module,
+        temperature: float | None = None,
+        vocab_size: int | None = None,
+        tokenizer=None,
+    ):
+        super().__init__(copy.deepcopy(new_base.config))
+        reward, self.temperature, self.vocab_size = _unwrap_reward(reward_model, temperature, vocab_size, tokenizer)
+        self.new_base = new_base
+        self.reward = reward
+        self.generation_config = copy.deepcopy(new_base.generation_config)
+        heads = {who: m.get_output_embeddings().weight.shape[0] for who, m in (("new base", new_base), ("reward", reward))}
+        if self.vocab_size is not None and min(heads.values()) < self.vocab_size:
+            raise ArtifactError(f"output heads {heads} do not cover the reward's {self.vocab_size}-token vocabulary")
+
+    def new_cache(self) -> PRTCache:
+        return PRTCache(DynamicCache(config=self.new_base.config), DynamicCache(config=self.reward.config))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: PRTCache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        if use_cache and cache is None:
+            cache = self.new_cache()
+        if cache is not None and not isinstance(cache, PRTCache):
+            raise TypeError(f"PRTModel needs a PRTCache (model.new_cache()), got {type(cache).__name__}")
+        shared = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": use_cache,
+            "logits_to_keep": logits_to_keep,
+        }
+        base_logits = self.new_base(**shared, cache=cache.base_cache if cache else None).logits
+        reward_logits = self.reward(**shared, cache=cache.reward_cache if cache else None).logits
+        check_finite(base_logits, "the new base model")
+        check_finite(reward_logits, "the reward model")
+        log_probs = prt_log_probs(base_logits, reward_logits, self.temperature, self.vocab_size)
+        return CausalLMOutputWithPast(logits=pad_vocab(log_probs, base_logits.shape[-1]), cache=cache)
+
+    def generate(self, *args: Any, **kwargs: Any):
+        """`GenerationMixin.generate` with a fresh `PRTCache` unless one is passed or caching is off."""
+        if kwargs.get("cache") is None and kwargs.get("use_cache", True):
+            kwargs["cache"] = self.new_cache()
+        return super().generate(*args, **kwargs)
+
+
+class PRTModelForClassification(nn.Module):
+    """PRT for classifiers (sequence or image): `log_softmax(log_softmax(f_new(x)) + r(x)/λ)` over labels.
+
+    Labels are matched by name: the same names in another order are permuted to the new base's order; a
+    different label set is refused. `reward_inputs` lets the reward read other inputs (e.g. its own
+    tokenization); by default both members read the same ones.
+    """
+
+    def __init__(self, new_base: nn.Module, reward_model: PRTRewardModel | nn.Module, temperature: float | None = None):
+        super().__init__()
+        if isinstance(reward_model, PRTRewardModel):
+            reward_model.check_compatible(id2label=new_base.config.id2label, who="new base")
+            reward, config = reward_model.model, reward_model.prt_config
+            reward_labels = config.label_names
+            self.temperature = config.temperature if temperature is None else temperature
+        else:
+            reward = reward_model
+            reward_labels = [reward.config.id2label[i] for i in range(len(reward.config.id2label))]
+            self.temperature = 1.0 if temperature is None else temperature
+        new_labels = [new_base.config.id2label[i] for i in range(len(new_base.config.id2label))]
+        if sorted(new_labels) != sorted(reward_labels):
+            raise ArtifactError(
+                f"the new base's labels {new_labels} are not the reward's {reward_labels}: PRT needs the same set"
+            )
+        self.new_base = new_base
+        self.reward = reward
+        self.register_buffer(
+            "reward_order", torch.tensor([reward_labels.index(name) for name in new_labels]), persistent=False
+        )
+
+    def forward(self, reward_inputs: dict[str, Any] | None = None, **inputs: Any) -> SequenceClassifierOutput:
+        base_logits = self.new_base(**inputs).logits
+        reward_logits = self.reward(**(inputs if reward_inputs is None else reward_inputs)).logits
+        check_finite(base_logits, "the new base model")
+        check_finite(reward_logits, "the reward model")
+        log_probs = prt_log_probs(base_logits, reward_logits[..., self.reward_order], self.temperature)
+        return SequenceClassifierOutput(logits=log_probs)

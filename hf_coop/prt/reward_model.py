@@ -1,0 +1,214 @@
+"""A PRT reward model as an artefact: the network plus its `PRTConfig`, saved, reloaded, checked, pushed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelHubMixin
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
+
+from ..config_utils import ArtifactError, labels_fingerprint, render_model_card, vocab_fingerprint
+from .config import PRTConfig
+
+MODEL_CARD_TEMPLATE = "prt_reward_model.md"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _usage_snippet(config: PRTConfig) -> str:
+    if config.task_type == "causal_lm":
+        return (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "from hf_coop.prt import PRTModel, PRTRewardModel\n\n"
+            'tokenizer = AutoTokenizer.from_pretrained("NEW_BASE")\n'
+            'new_base = AutoModelForCausalLM.from_pretrained("NEW_BASE")\n'
+            'reward = PRTRewardModel.from_pretrained("THIS_REPO", tokenizer=tokenizer)\n'
+            "model = PRTModel(new_base, reward)\n"
+            'inputs = tokenizer(["Question: ..."], return_tensors="pt")\n'
+            "print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=64)))"
+        )
+    return (
+        "from transformers import AutoModelForImageClassification\n"
+        "from hf_coop.prt import PRTModelForClassification, PRTRewardModel\n\n"
+        'new_base = AutoModelForImageClassification.from_pretrained("NEW_BASE")\n'
+        'reward = PRTRewardModel.from_pretrained("THIS_REPO")\n'
+        "model = PRTModelForClassification(new_base, reward)\n"
+        "predictions = model(pixel_values=batch).logits.argmax(-1)"
+    )
+
+
+def render_reward_card(config: PRTConfig, training_summary: dict[str, Any] | None = None) -> str:
+    """The model card (README.md) of a reward model, rendered from `model_cards/prt_reward_model.md`."""
+    causal = config.task_type == "causal_lm"
+    base = config.base_model_name_or_path
+    rows = "".join(f"| {key} | {value} |\n" for key, value in (training_summary or {}).items())
+    return render_model_card(
+        MODEL_CARD_TEMPLATE,
+        base_model_yaml=f"base_model: {base}" if base else "",
+        base_model=base or "(unnamed)",
+        task_type=config.task_type,
+        output_space="vocabulary" if causal else "label set, in the same order",
+        output_space_detail=(
+            f"{config.vocab_size} tokens" if causal else ", ".join(config.label_names or [])
+        ),
+        temperature=config.temperature,
+        entropy_weight=config.entropy_weight,
+        fingerprint=(config.vocab_fingerprint if causal else config.labels_fingerprint) or "(none recorded)",
+        training_rows=rows.rstrip("\n"),
+        usage=_usage_snippet(config),
+    )
+
+
+def write_reward_metadata(
+    save_directory: str | os.PathLike, config: PRTConfig, training_summary: dict[str, Any] | None = None
+) -> None:
+    """Write `prt_config.json` and the model card next to saved reward weights."""
+    config.save_pretrained(save_directory)
+    Path(save_directory, "README.md").write_text(render_reward_card(config, training_summary), encoding="utf-8")
+
+
+def check_output_space(config: PRTConfig, tokenizer=None, id2label: dict | None = None, who: str = "model") -> None:
+    """Refuse a tokenizer or label set other than the one the reward was trained over, saying why."""
+    if tokenizer is not None:
+        if config.task_type != "causal_lm":
+            raise ArtifactError("this reward model is a classifier; it has no vocabulary to match a tokenizer")
+        if config.vocab_fingerprint is not None and vocab_fingerprint(tokenizer) != config.vocab_fingerprint:
+            raise ArtifactError(
+                f"the {who}'s tokenizer ({len(tokenizer)} tokens) is not the vocabulary this reward was trained "
+                f"over ({config.vocab_size} tokens, fingerprint {config.vocab_fingerprint}): token ids would "
+                "mean different strings. PRT needs the same tokenizer; crossing tokenizers needs a common "
+                "vocabulary (hf_coop.vocab)"
+            )
+    if id2label is not None:
+        if config.task_type != "classification":
+            raise ArtifactError("this reward model is a causal LM; it has no label set to match")
+        names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        if config.label_names is not None and sorted(names) != sorted(config.label_names):
+            raise ArtifactError(
+                f"the {who}'s labels {names} are not the reward's labels {config.label_names}: "
+                "PRT needs the same label set"
+            )
+
+
+class PRTRewardModel(
+    torch.nn.Module,
+    ModelHubMixin,
+    library_name="hf_coop",
+    tags=["hf_coop", "portable-reward-tuning"],
+    paper_url="https://arxiv.org/abs/2502.12776",
+):
+    """A trained PRT reward `r_θ` with its `PRTConfig`; calling it returns the wrapped model's outputs.
+
+    `save_pretrained` writes the transformers (or peft adapter) files, `prt_config.json` and a model card;
+    `from_pretrained` reloads them and checks the tokenizer or labels you give against the saved fingerprint;
+    `push_to_hub` is huggingface_hub's `ModelHubMixin` (it keeps the rendered card).
+    """
+
+    def __init__(self, model: PreTrainedModel, prt_config: PRTConfig):
+        super().__init__()
+        self.model = model
+        self.prt_config = prt_config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    @property
+    def temperature(self) -> float:
+        return self.prt_config.temperature
+
+    def check_compatible(self, tokenizer=None, id2label: dict | None = None, who: str = "model") -> None:
+        """Raise `ArtifactError` unless `tokenizer` / `id2label` is the reward's own output space."""
+        check_output_space(self.prt_config, tokenizer=tokenizer, id2label=id2label, who=who)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        self.model.save_pretrained(save_directory)
+        write_reward_metadata(save_directory, self.prt_config)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        base_model: PreTrainedModel | None = None,
+        tokenizer=None,
+        id2label: dict | None = None,
+        **model_kwargs: Any,
+    ) -> PRTRewardModel:
+        """Reload a reward; `tokenizer` / `id2label` (the new base's) are checked against its fingerprint.
+
+        A peft adapter folder needs the base it was trained on: `base_model`, else the recorded base id.
+        """
+        path = model_id
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(
+                model_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
+            )
+        config = PRTConfig.from_pretrained(path)
+        auto = AutoModelForCausalLM if config.task_type == "causal_lm" else AutoModelForSequenceClassification
+        if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
+            from peft import PeftModel
+
+            if base_model is None:
+                if config.base_model_name_or_path is None:
+                    raise ArtifactError(f"{path} holds a LoRA adapter but no base model id: pass base_model=...")
+                base_model = auto.from_pretrained(config.base_model_name_or_path, **model_kwargs)
+            model = PeftModel.from_pretrained(base_model, path)
+        else:
+            model = auto.from_pretrained(path, **model_kwargs)
+        model.eval()
+        _check_saved_consistency(config, model, path)
+        reward = cls(model, config)
+        reward.check_compatible(tokenizer=tokenizer, id2label=id2label, who="given")
+        return reward
+
+
+def _check_saved_consistency(config: PRTConfig, model: PreTrainedModel, path: str) -> None:
+    """Refuse a folder whose weights do not match its own `prt_config.json` (e.g. files mixed by hand)."""
+    if config.task_type == "classification":
+        saved = labels_fingerprint(model.config.id2label)
+        if config.labels_fingerprint is not None and saved != config.labels_fingerprint:
+            raise ArtifactError(
+                f"{path}: the model's labels {model.config.id2label} do not match prt_config.json "
+                f"(fingerprint {saved} != {config.labels_fingerprint}); the folder mixes two artefacts"
+            )
+    elif config.vocab_size is not None:
+        head = model.get_output_embeddings().weight.shape[0]
+        if head < config.vocab_size:
+            raise ArtifactError(
+                f"{path}: the model's head has {head} rows but prt_config.json says the vocabulary has "
+                f"{config.vocab_size} tokens; the folder mixes two artefacts"
+            )
+    if os.path.isfile(os.path.join(path, "tokenizer.json")) and config.vocab_fingerprint is not None:
+        from transformers import AutoTokenizer
+
+        check_output_space(config, tokenizer=AutoTokenizer.from_pretrained(path), who=f"tokenizer saved in {path}")
+
+
+def reward_config_from_models(
+    config: PRTConfig, base_model: PreTrainedModel, tokenizer=None
+) -> PRTConfig:
+    """Fill the fields `PRTConfig` can learn from the source base and its tokenizer (unset ones only)."""
+    updates: dict[str, Any] = {}
+    if config.base_model_name_or_path is None:
+        updates["base_model_name_or_path"] = getattr(base_model.config, "_name_or_path", None) or None
+    if config.task_type == "causal_lm":
+        if config.vocab_size is None:
+            updates["vocab_size"] = len(tokenizer) if tokenizer is not None else base_model.config.vocab_size
+        if config.vocab_fingerprint is None and tokenizer is not None:
+            updates["vocab_fingerprint"] = vocab_fingerprint(tokenizer)
+    else:
+        if config.id2label is None:
+            updates["id2label"] = {str(k): v for k, v in base_model.config.id2label.items()}
+        if config.labels_fingerprint is None:
+            updates["labels_fingerprint"] = labels_fingerprint(base_model.config.id2label)
+    return dataclasses.replace(config, **updates)

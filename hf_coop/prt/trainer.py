@@ -56,7 +56,7 @@ class PRTTrainer(Trainer):
         if prt_config is None:
             prt_config = PRTConfig(task_type="causal_lm" if base_model.can_generate() else "classification")
         if model is None:
-            model = copy.deepcopy(base_model)
+            model = copy.deepcopy(base_model).requires_grad_(True)  # the base may already be frozen
         elif isinstance(model, str):
             auto = AutoModelForCausalLM if prt_config.task_type == "causal_lm" else AutoModelForSequenceClassification
             model = auto.from_pretrained(model, **init_kwargs)
@@ -129,9 +129,9 @@ class PRTTrainer(Trainer):
     def _record_components(self, ce, entropy, num_items_in_batch, mask) -> None:
         # per micro-batch means, so a logged value does not depend on how the batch was accumulated
         scale = float(num_items_in_batch) / max(int(mask.sum()), 1) if num_items_in_batch is not None else 1.0
-        values = {"prt_ce": float(ce) * scale}
+        values = {"prt_ce": float(ce.detach()) * scale}
         if entropy is not None:
-            values["prt_reward_entropy"] = float(entropy) * scale
+            values["prt_reward_entropy"] = float(entropy.detach()) * scale
         for key, value in values.items():
             self._component_sums[key] = self._component_sums.get(key, 0.0) + value
         self._component_count += 1

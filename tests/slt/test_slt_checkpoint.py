@@ -1,0 +1,152 @@
+import json
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+from hf_coop.config_utils import ArtifactError
+from hf_coop.slt import FrozenSLTConfig, FrozenSLTModel, apply_frozen_slt, inspect_checkpoint
+from hf_coop.slt.model import EXTRAS_FILE, MANIFEST_FILE, TICKET_FILE
+from hf_coop.testing import tiny_causal_lm
+
+GPT2_TARGETS = r".*\.(c_attn|c_proj|c_fc)"
+IDS = torch.tensor([[5, 3, 9, 12, 7, 1]])
+
+
+def trained_ticket(gpt2, **overrides):
+    """A GPT-2 ticket whose scores moved a little, so the mask is not the initial one."""
+    config = FrozenSLTConfig(sparsity=0.6, pruned_ratio=0.3, locked_ratio=0.2, target_modules=GPT2_TARGETS,
+                             modules_to_save=["wte", "wpe"], seed=7, **overrides)
+    slt = apply_frozen_slt(gpt2, config)
+    optimizer = torch.optim.SGD(slt.optimizer_param_groups(), lr=1.0)
+    loss = slt(input_ids=IDS, labels=IDS).loss
+    loss.backward()
+    optimizer.step()
+    slt.update_thresholds()
+    return slt.eval()
+
+
+@pytest.fixture
+def saved(tmp_path, gpt2):
+    slt = trained_ticket(gpt2)
+    slt.save_pretrained(tmp_path / "ticket")
+    return slt, tmp_path / "ticket"
+
+
+@pytest.mark.parametrize("threshold", ["per_layer", "global"])
+def test_save_load_gives_identical_logits_and_masks(tmp_path, gpt2, slt_tokenizer, threshold):
+    slt = trained_ticket(gpt2, threshold=threshold)
+    slt.save_pretrained(tmp_path)
+    fresh = tiny_causal_lm(slt_tokenizer, arch="gpt2", seed=123)  # other random weights: must not matter
+    loaded = FrozenSLTModel.from_pretrained(fresh, tmp_path).eval()
+    assert torch.equal(loaded(input_ids=IDS).logits, slt(input_ids=IDS).logits)
+    for name, layer in slt.slt_layers().items():
+        other = loaded.slt_layers()[name]
+        assert torch.equal(other.mask(), layer.mask())
+        assert torch.equal(other.weight, layer.weight)
+    assert torch.equal(loaded.merge_and_unload()(input_ids=IDS).logits, slt(input_ids=IDS).logits)
+
+
+def test_ticket_file_is_packed_bits_plus_header(saved):
+    slt, path = saved
+    packed = {name: math.ceil(layer.n_free / 8) for name, layer in slt.slt_layers().items()}
+    data = (path / TICKET_FILE).read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    header.pop("__metadata__", None)
+    assert {name: (entry["dtype"], entry["shape"]) for name, entry in header.items()} == {
+        name: ("U8", [n]) for name, n in packed.items()
+    }
+    assert len(data) == 8 + header_len + sum(packed.values())
+    assert header_len <= 100 * len(packed)  # "a small header": about 80 bytes of JSON per layer
+
+
+def test_size_report(saved):
+    slt, path = saved
+    report = inspect_checkpoint(path)
+    extras, _ = slt.dense_extras()
+    dense = 4 * (sum(t.numel() for t in extras.values()) + sum(l.weight_shape.numel() for l in slt.slt_layers().values()))
+    assert report["dense_fp32_bytes"] == dense
+    assert report["compact_bytes"] == sum(os.path.getsize(path / f) for f in report["file_bytes"])
+    assert report["compression"] == pytest.approx(dense / report["compact_bytes"])
+    assert report["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    card = (path / "README.md").read_text()
+    assert "Strong lottery ticket" in card and "transformer.h.0.mlp.c_fc" in card and "$" not in card
+
+
+def test_tied_weights_stored_once(saved):
+    _, path = saved
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    assert manifest["tied"] == {"lm_head.weight": "transformer.wte.weight"}
+
+
+def _flip_last_byte(file):
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip_ticket", "truncate_ticket", "truncate_extras", "delete_extras"])
+def test_corrupt_or_truncated_checkpoint_refused(saved, slt_tokenizer, damage):
+    _, path = saved
+    if damage == "flip_ticket":
+        _flip_last_byte(path / TICKET_FILE)
+    elif damage == "truncate_ticket":
+        (path / TICKET_FILE).write_bytes((path / TICKET_FILE).read_bytes()[:-3])
+    elif damage == "truncate_extras":
+        (path / EXTRAS_FILE).write_bytes((path / EXTRAS_FILE).read_bytes()[:100])
+    else:
+        os.remove(path / EXTRAS_FILE)
+    with pytest.raises(ArtifactError, match="checksum|missing"):
+        FrozenSLTModel.from_pretrained(tiny_causal_lm(slt_tokenizer, arch="gpt2"), path)
+
+
+def test_truncated_manifest_refused(saved, slt_tokenizer):
+    _, path = saved
+    (path / MANIFEST_FILE).write_text((path / MANIFEST_FILE).read_text()[:50])
+    with pytest.raises(ArtifactError, match="corrupt or truncated"):
+        FrozenSLTModel.from_pretrained(tiny_causal_lm(slt_tokenizer, arch="gpt2"), path)
+
+
+def test_newer_format_version_refused(saved, slt_tokenizer):
+    _, path = saved
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 2
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format version"):
+        FrozenSLTModel.from_pretrained(tiny_causal_lm(slt_tokenizer, arch="gpt2"), path)
+
+
+def test_other_architecture_refused(saved, slt_tokenizer):
+    _, path = saved
+    wider = tiny_causal_lm(slt_tokenizer, arch="gpt2", hidden_size=64)
+    with pytest.raises(ArtifactError, match="another architecture"):
+        FrozenSLTModel.from_pretrained(wider, path)
+
+
+def test_weight_checksum_mismatch_refused(saved, slt_tokenizer):
+    """A manifest whose weight checksums disagree with the regenerated weights (another generator)."""
+    _, path = saved
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["layers"][0]["weight_sha256"] = "0" * 64
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="regenerated weights differ"):
+        FrozenSLTModel.from_pretrained(tiny_causal_lm(slt_tokenizer, arch="gpt2"), path)
+
+
+def test_edited_config_refused(saved, slt_tokenizer, tmp_path):
+    _, path = saved
+    edited = tmp_path / "edited"
+    shutil.copytree(path, edited)
+    config = json.loads((edited / "slt_config.json").read_text())
+    config["seed"] = 8
+    (edited / "slt_config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="checksum"):
+        FrozenSLTModel.from_pretrained(tiny_causal_lm(slt_tokenizer, arch="gpt2"), edited)
+
+
+def test_not_a_ticket_refused(tmp_path, slt_tokenizer):
+    with pytest.raises(ArtifactError, match="not an hf_coop.slt ticket"):
+        FrozenSLTModel.from_pretrained(tiny_causal_lm(slt_tokenizer, arch="gpt2"), tmp_path)

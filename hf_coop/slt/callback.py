@@ -30,7 +30,9 @@ class FrozenSLTCallback(TrainerCallback):
         if config.threshold == "global" and state.global_step % config.update_every == 0:
             self.slt_model.update_thresholds()
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs
+    ):
         report = self.slt_model.sparsity_report()
         entries = {"slt_sparsity": report.pop("overall")["sparsity"]}
         if self.log_per_layer:

@@ -73,13 +73,15 @@ class FrozenSLTConfig(CoopConfig):
         s, p, r = self.sparsity, self.pruned_ratio, self.locked_ratio
         if not (0.0 <= p and 0.0 <= r and p + r <= 1.0 and 0.0 <= s < 1.0):
             raise ValueError(
-                f"FrozenSLTConfig needs 0 <= pruned_ratio, 0 <= locked_ratio, pruned_ratio + locked_ratio <= 1 "
+                "FrozenSLTConfig needs 0 <= pruned_ratio, 0 <= locked_ratio, "
+                f"pruned_ratio + locked_ratio <= 1 "
                 f"and 0 <= sparsity < 1; got sparsity={s}, pruned_ratio={p}, locked_ratio={r}"
             )
         if not (p <= s <= 1.0 - r):
             raise ValueError(
-                f"FrozenSLTConfig needs pruned_ratio <= sparsity <= 1 - locked_ratio (pruned weights are never "
-                f"in the ticket, locked ones always are); got sparsity={s}, pruned_ratio={p}, locked_ratio={r}. "
+                "FrozenSLTConfig needs pruned_ratio <= sparsity <= 1 - locked_ratio (pruned weights are "
+                "never in the ticket, locked ones always are); "
+                f"got sparsity={s}, pruned_ratio={p}, locked_ratio={r}. "
                 f"Raise sparsity to at least {p} or lower locked_ratio to at most {1.0 - s:.6g}."
             )
         _check_choice("frozen_distribution", self.frozen_distribution, FROZEN_DISTRIBUTIONS)

@@ -60,7 +60,9 @@ def name_hash(layer_name: str) -> int:
 def stream_key(seed: int, layer_name: str, stream: int) -> int:
     """The 64-bit key of one (seed, layer, stream) stream."""
     seeded = int(mix64(np.array([seed & MASK64], dtype=np.uint64))[0])
-    return int(mix64(np.array([seeded ^ name_hash(layer_name) ^ ((stream * GAMMA) & MASK64)], dtype=np.uint64))[0])
+    return int(
+        mix64(np.array([seeded ^ name_hash(layer_name) ^ ((stream * GAMMA) & MASK64)], dtype=np.uint64))[0]
+    )
 
 
 def random_bits(seed: int, layer_name: str, stream: int, count: int) -> np.ndarray:

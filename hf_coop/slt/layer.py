@@ -28,7 +28,9 @@ def regenerate_weight(config: FrozenSLTConfig, name: str, numel: int, fan_in: in
     """The layer's random float32 weights, flat, from the portable generator."""
     fan = fan_in * (1.0 - config.sparsity) if config.scale_fan else fan_in
     if config.weight_init == "signed_kaiming_constant":
-        values = generator.signs(config.seed, name, generator.WEIGHT_STREAM, numel) * (KAIMING_GAIN / math.sqrt(fan))
+        values = generator.signs(config.seed, name, generator.WEIGHT_STREAM, numel) * (
+            KAIMING_GAIN / math.sqrt(fan)
+        )
     else:
         bound = KAIMING_GAIN * math.sqrt(3.0 / fan)
         values = (2.0 * generator.uniform(config.seed, name, generator.WEIGHT_STREAM, numel) - 1.0) * bound
@@ -145,7 +147,9 @@ class SupermaskLayer(nn.Module):
 class SupermaskLinear(SupermaskLayer):
     """Supermask over an `nn.Linear` (weight `(out, in)`)."""
 
-    def __init__(self, layer: nn.Linear, name: str, config: FrozenSLTConfig, n_pruned: int, n_locked: int) -> None:
+    def __init__(
+        self, layer: nn.Linear, name: str, config: FrozenSLTConfig, n_pruned: int, n_locked: int
+    ) -> None:
         super().__init__(name, layer.weight, layer.in_features, layer.bias, config, n_pruned, n_locked)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,9 +164,13 @@ class SupermaskLinear(SupermaskLayer):
 class SupermaskConv2d(SupermaskLayer):
     """Supermask over an `nn.Conv2d` (weight `(out, in/groups, kh, kw)`, zero padding only)."""
 
-    def __init__(self, layer: nn.Conv2d, name: str, config: FrozenSLTConfig, n_pruned: int, n_locked: int) -> None:
+    def __init__(
+        self, layer: nn.Conv2d, name: str, config: FrozenSLTConfig, n_pruned: int, n_locked: int
+    ) -> None:
         if layer.padding_mode != "zeros":
-            raise ValueError(f"{name}: supermask Conv2d supports padding_mode='zeros', not {layer.padding_mode!r}")
+            raise ValueError(
+                f"{name}: supermask Conv2d supports padding_mode='zeros', not {layer.padding_mode!r}"
+            )
         fan_in = layer.weight[0].numel()
         super().__init__(name, layer.weight, fan_in, layer.bias, config, n_pruned, n_locked)
         self.conv_kwargs = dict(
@@ -176,8 +184,12 @@ class SupermaskConv2d(SupermaskLayer):
         out_channels, in_per_group, kh, kw = self.weight_shape
         groups = self.conv_kwargs["groups"]
         dense = nn.Conv2d(
-            in_per_group * groups, out_channels, (kh, kw), bias=self.bias is not None,
-            device=self.weight.device, **self.conv_kwargs,
+            in_per_group * groups,
+            out_channels,
+            (kh, kw),
+            bias=self.bias is not None,
+            device=self.weight.device,
+            **self.conv_kwargs,
         )
         return _fill_dense(dense, self)
 
@@ -185,7 +197,9 @@ class SupermaskConv2d(SupermaskLayer):
 class SupermaskConv1D(SupermaskLayer):
     """Supermask over transformers' GPT-2 `Conv1D` (weight `(in, out)`: fan-in is the first dimension)."""
 
-    def __init__(self, layer: Conv1D, name: str, config: FrozenSLTConfig, n_pruned: int, n_locked: int) -> None:
+    def __init__(
+        self, layer: Conv1D, name: str, config: FrozenSLTConfig, n_pruned: int, n_locked: int
+    ) -> None:
         super().__init__(name, layer.weight, layer.weight.shape[0], layer.bias, config, n_pruned, n_locked)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

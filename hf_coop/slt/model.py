@@ -69,12 +69,15 @@ def find_target_modules(model: nn.Module, config: FrozenSLTConfig) -> list[tuple
         if type(module) not in SUPERMASK_CLASSES:
             supported = ", ".join(cls.__name__ for cls in SUPERMASK_CLASSES)
             raise ValueError(
-                f"target module {name!r} is a {type(module).__name__}; supermask layers exist for {supported}. "
+                f"target module {name!r} is a {type(module).__name__}; "
+                f"supermask layers exist for {supported}. "
                 f"Narrow target_modules or put {name!r} in modules_to_save."
             )
         targets.append((name, module))
     if not targets:
-        raise ValueError(f"no module of {type(model).__name__} matches target_modules={config.target_modules!r}")
+        raise ValueError(
+            f"no module of {type(model).__name__} matches target_modules={config.target_modules!r}"
+        )
     return targets
 
 
@@ -105,7 +108,7 @@ def distribute(total: int, weights: list[float], caps: list[int]) -> list[int]:
             shares[i] = float(caps[i])
             remaining -= caps[i]
         active = [i for i in active if i not in over]
-    counts = [min(math.floor(x), cap) for x, cap in zip(shares, caps)]
+    counts = [min(math.floor(x), cap) for x, cap in zip(shares, caps, strict=True)]
     by_remainder = sorted(range(len(caps)), key=lambda i: (-(shares[i] - counts[i]), i))
     missing = total - sum(counts)
     for i in by_remainder:
@@ -137,12 +140,14 @@ def frozen_counts(shapes: list[torch.Size], config: FrozenSLTConfig) -> list[tup
         # Erdős–Rényi-Kernel: a layer's density is proportional to sum(shape) / prod(shape), so its count of
         # kept (or locked) weights is proportional to sum(shape).
         weights = [float(sum(shape)) for shape in shapes]
-        pruned = [n - kept for n, kept in zip(sizes, distribute(total - n_pruned, weights, sizes))]
+        pruned = [
+            n - kept for n, kept in zip(sizes, distribute(total - n_pruned, weights, sizes), strict=True)
+        ]
     else:
         weights = [1.0] * len(sizes)
         pruned = distribute(n_pruned, weights, sizes)
-    locked = distribute(n_locked, weights, [n - p for n, p in zip(sizes, pruned)])
-    return list(zip(pruned, locked))
+    locked = distribute(n_locked, weights, [n - p for n, p in zip(sizes, pruned, strict=True)])
+    return list(zip(pruned, locked, strict=True))
 
 
 class FrozenSLTModel(nn.Module):
@@ -161,8 +166,10 @@ class FrozenSLTModel(nn.Module):
         counts = frozen_counts([module.weight.shape for _, module in targets], config)
         for param in model.parameters():
             param.requires_grad_(False)
-        for (name, module), (n_pruned, n_locked) in zip(targets, counts):
-            model.set_submodule(name, SUPERMASK_CLASSES[type(module)](module, name, config, n_pruned, n_locked))
+        for (name, module), (n_pruned, n_locked) in zip(targets, counts, strict=True):
+            model.set_submodule(
+                name, SUPERMASK_CLASSES[type(module)](module, name, config, n_pruned, n_locked)
+            )
         for name, module in model.named_modules():
             if isinstance(module, SupermaskLayer) or _name_matches(name, config.modules_to_save or []):
                 module.requires_grad_(True)
@@ -197,12 +204,14 @@ class FrozenSLTModel(nn.Module):
                 layer.set_kept_free(min(max(kept, 0), layer.n_free))
             return
         total = sum(layer.weight_shape.numel() for layer in layers)
-        kept = total - round_half_up(self.slt_config.sparsity * total) - sum(layer.n_locked for layer in layers)
+        kept = (
+            total - round_half_up(self.slt_config.sparsity * total) - sum(layer.n_locked for layer in layers)
+        )
         magnitudes = torch.cat([layer.scores.detach().abs().flatten().float().cpu() for layer in layers])
         kept = min(max(kept, 0), magnitudes.numel())
         chosen = torch.zeros(magnitudes.numel(), dtype=torch.long)
         chosen[magnitudes.topk(kept, sorted=False).indices] = 1
-        for layer, count in zip(layers, chosen.split([layer.n_free for layer in layers])):
+        for layer, count in zip(layers, chosen.split([layer.n_free for layer in layers]), strict=True):
             layer.set_kept_free(int(count.sum()))
 
     def sparsity_report(self) -> dict[str, dict[str, float]]:
@@ -214,7 +223,7 @@ class FrozenSLTModel(nn.Module):
         return report
 
     def optimizer_param_groups(self, extras_weight_decay: float = 0.0) -> list[dict[str, Any]]:
-        """Parameter groups for an optimizer: the scores (with `score_weight_decay`) and the trained extras."""
+        """Optimizer parameter groups: the scores (with `score_weight_decay`) and the trained extras."""
         scores = [layer.scores for layer in self.slt_layers().values()]
         score_ids = {id(p) for p in scores}
         extras = [p for p in self.base_model.parameters() if p.requires_grad and id(p) not in score_ids]
@@ -245,7 +254,9 @@ class FrozenSLTModel(nn.Module):
         return fingerprint(
             {
                 "class": type(self.base_model).__name__,
-                "slt_layers": [[n, type(m).__name__, list(m.weight_shape)] for n, m in self.slt_layers().items()],
+                "slt_layers": [
+                    [n, type(m).__name__, list(m.weight_shape)] for n, m in self.slt_layers().items()
+                ],
                 "extras": [[k, list(t.shape), str(t.dtype)] for k, t in extras.items()],
                 "tied": tied,
             }
@@ -271,8 +282,12 @@ class FrozenSLTModel(nn.Module):
             "base_model_class": type(self.base_model).__name__,
             "architecture": self.architecture_fingerprint(),
             "layers": [
-                {**_layer_stats(layer), "name": name, "shape": list(layer.weight_shape),
-                 "weight_sha256": weight_checksum(layer.weight)}
+                {
+                    **_layer_stats(layer),
+                    "name": name,
+                    "shape": list(layer.weight_shape),
+                    "weight_sha256": weight_checksum(layer.weight),
+                }
                 for name, layer in layers.items()
             ],
             "tied": tied,
@@ -280,7 +295,7 @@ class FrozenSLTModel(nn.Module):
             "files": {name: _sha256(os.path.join(save_directory, name)) for name in CHECKSUMMED_FILES},
         }
         with open(os.path.join(save_directory, MANIFEST_FILE), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
+            json.dump(manifest, f, separators=(",", ":"))
         report = inspect_checkpoint(save_directory)
         with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
             f.write(_model_card(self.slt_config, report))
@@ -295,11 +310,14 @@ class FrozenSLTModel(nn.Module):
         manifest = read_manifest(path)
         for name, expected in manifest["files"].items():
             if _sha256(os.path.join(path, name)) != expected:
-                raise ArtifactError(f"{os.path.join(path, name)} does not match its checksum: corrupt or truncated")
+                raise ArtifactError(
+                    f"{os.path.join(path, name)} does not match its checksum: corrupt or truncated"
+                )
         slt = cls(model, FrozenSLTConfig.from_pretrained(path))
         if slt.architecture_fingerprint() != manifest["architecture"]:
             raise ArtifactError(
-                f"{path} holds a ticket for another architecture ({manifest['base_model_class']}, fingerprint "
+                f"{path} holds a ticket for another architecture "
+                f"({manifest['base_model_class']}, fingerprint "
                 f"{manifest['architecture']}) than the given {type(model).__name__} "
                 f"({slt.architecture_fingerprint()}); load it on the model it was trained on"
             )
@@ -318,7 +336,9 @@ class FrozenSLTModel(nn.Module):
                 )
             packed = ticket[entry["name"]].numpy()
             if packed.size != math.ceil(layer.n_free / 8):
-                raise ArtifactError(f"{entry['name']}: {packed.size} mask bytes for {layer.n_free} free weights")
+                raise ArtifactError(
+                    f"{entry['name']}: {packed.size} mask bytes for {layer.n_free} free weights"
+                )
             bits = np.unpackbits(packed, count=layer.n_free, bitorder="little")
             layer.set_free_mask(torch.from_numpy(bits.astype(np.float32)))
         slt.base_model.load_state_dict(extras, strict=False)
@@ -378,8 +398,12 @@ def _layer_stats(layer: SupermaskLayer) -> dict[str, Any]:
     numel = layer.weight_shape.numel()
     kept = layer.n_locked + layer.kept_free
     return {
-        "numel": numel, "pruned": layer.n_pruned, "locked": layer.n_locked, "free": layer.n_free,
-        "kept": kept, "sparsity": 1.0 - kept / numel,
+        "numel": numel,
+        "pruned": layer.n_pruned,
+        "locked": layer.n_locked,
+        "free": layer.n_free,
+        "kept": kept,
+        "sparsity": 1.0 - kept / numel,
     }
 
 

@@ -26,7 +26,9 @@ class ConvNet(nn.Module):
     Batch norms have no affine parameters (the SLT papers' choice) so every trainable weight is a target.
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 32, width: int = 16, num_classes: int = 10) -> None:
+    def __init__(
+        self, in_channels: int = 1, image_size: int = 32, width: int = 16, num_classes: int = 10
+    ) -> None:
         super().__init__()
         if image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 (three 2×2 poolings), got {image_size}")
@@ -79,13 +81,16 @@ def _read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def fashion_mnist_data(train_limit: int | None = None, test_limit: int | None = None) -> tuple[torch.Tensor, ...]:
+def fashion_mnist_data(
+    train_limit: int | None = None, test_limit: int | None = None
+) -> tuple[torch.Tensor, ...]:
     """Fashion-MNIST padded to 32×32, normalised, as (train_x, train_y, test_x, test_y).
 
     `*_limit` keeps the first N images of each split (class-balanced enough for quick runs)."""
     if not os.path.isdir(FASHION_MNIST_DIR):
         raise FileNotFoundError(
-            f"{FASHION_MNIST_DIR} not found: install Fashion-MNIST with `apt-get install dataset-fashion-mnist`"
+            f"{FASHION_MNIST_DIR} not found: install Fashion-MNIST with "
+            "`apt-get install dataset-fashion-mnist`"
         )
     splits = []
     for prefix, limit in (("train", train_limit), ("t10k", test_limit)):
@@ -128,6 +133,8 @@ def train_classifier(
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     model.eval()
-    correct = sum(int((model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum()) for i in
-                  range(0, len(y), batch_size))
+    correct = sum(
+        int((model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum())
+        for i in range(0, len(y), batch_size)
+    )
     return correct / len(y)

@@ -5,7 +5,6 @@ from torch import nn
 from hf_coop.testing import tiny_byte_level_tokenizer, tiny_causal_lm
 
 
-
 class TinyConvNet(nn.Module):
     """A Conv2d and two Linear layers (one with a bias) around a non-affine batch norm."""
 

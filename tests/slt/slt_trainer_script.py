@@ -30,18 +30,34 @@ def main(output_dir: str) -> None:
     tokenizer = tiny_byte_level_tokenizer()
     slt = apply_frozen_slt(
         tiny_causal_lm(tokenizer, arch="gpt2"),
-        FrozenSLTConfig(sparsity=0.5, pruned_ratio=0.2, locked_ratio=0.1, threshold="global",
-                        target_modules=r".*\.(c_attn|c_proj|c_fc)", seed=3),
+        FrozenSLTConfig(
+            sparsity=0.5,
+            pruned_ratio=0.2,
+            locked_ratio=0.1,
+            threshold="global",
+            target_modules=r".*\.(c_attn|c_proj|c_fc)",
+            seed=3,
+        ),
     )
     ids = tokenizer(bundled_passage())["input_ids"]
     examples = [torch.tensor(ids[i : i + 32]) for i in range(0, len(ids) - 32, 32)][:16]
     dataset = [{"input_ids": x, "labels": x} for x in examples]
     weights_before = checksum(layer.weight for layer in slt.slt_layers().values())
     args = TrainingArguments(
-        output_dir=output_dir, max_steps=4, per_device_train_batch_size=2, learning_rate=0.1,
-        logging_steps=2, save_steps=4, report_to=[], use_cpu=True, disable_tqdm=True, save_only_model=True,
+        output_dir=output_dir,
+        max_steps=4,
+        per_device_train_batch_size=2,
+        learning_rate=0.1,
+        logging_steps=2,
+        save_steps=4,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        save_only_model=True,
     )
-    trainer = Trainer(model=slt.base_model, args=args, train_dataset=dataset, callbacks=[FrozenSLTCallback(slt)])
+    trainer = Trainer(
+        model=slt.base_model, args=args, train_dataset=dataset, callbacks=[FrozenSLTCallback(slt)]
+    )
     trainer.train()
     result = {
         "world_size": args.world_size,

@@ -17,8 +17,15 @@ IDS = torch.tensor([[5, 3, 9, 12, 7, 1]])
 
 def trained_ticket(gpt2, **overrides):
     """A GPT-2 ticket whose scores moved a little, so the mask is not the initial one."""
-    config = FrozenSLTConfig(sparsity=0.6, pruned_ratio=0.3, locked_ratio=0.2, target_modules=GPT2_TARGETS,
-                             modules_to_save=["wte", "wpe"], seed=7, **overrides)
+    config = FrozenSLTConfig(
+        sparsity=0.6,
+        pruned_ratio=0.3,
+        locked_ratio=0.2,
+        target_modules=GPT2_TARGETS,
+        modules_to_save=["wte", "wpe"],
+        seed=7,
+        **overrides,
+    )
     slt = apply_frozen_slt(gpt2, config)
     optimizer = torch.optim.SGD(slt.optimizer_param_groups(), lr=1.0)
     loss = slt(input_ids=IDS, labels=IDS).loss
@@ -67,7 +74,10 @@ def test_size_report(saved):
     slt, path = saved
     report = inspect_checkpoint(path)
     extras, _ = slt.dense_extras()
-    dense = 4 * (sum(t.numel() for t in extras.values()) + sum(l.weight_shape.numel() for l in slt.slt_layers().values()))
+    dense = 4 * (
+        sum(t.numel() for t in extras.values())
+        + sum(lay.weight_shape.numel() for lay in slt.slt_layers().values())
+    )
     assert report["dense_fp32_bytes"] == dense
     assert report["compact_bytes"] == sum(os.path.getsize(path / f) for f in report["file_bytes"])
     assert report["compression"] == pytest.approx(dense / report["compact_bytes"])

@@ -24,7 +24,12 @@ def test_boundary_ratios_are_allowed():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(frozen_distribution="random"), dict(threshold="local"), dict(weight_init="normal"), dict(bias="keep")],
+    [
+        dict(frozen_distribution="random"),
+        dict(threshold="local"),
+        dict(weight_init="normal"),
+        dict(bias="keep"),
+    ],
 )
 def test_unknown_choices_are_refused(kwargs):
     with pytest.raises(ValueError, match="must be one of"):
@@ -38,8 +43,14 @@ def test_per_layer_threshold_needs_uniform_distribution():
 
 
 def test_save_load_round_trip(tmp_path):
-    config = FrozenSLTConfig(sparsity=0.7, pruned_ratio=0.2, locked_ratio=0.1, seed=9, target_modules=["fc"],
-                             modules_to_save=["head"])
+    config = FrozenSLTConfig(
+        sparsity=0.7,
+        pruned_ratio=0.2,
+        locked_ratio=0.1,
+        seed=9,
+        target_modules=["fc"],
+        modules_to_save=["head"],
+    )
     config.save_pretrained(tmp_path)
     assert FrozenSLTConfig.from_pretrained(tmp_path) == config
 

@@ -28,10 +28,15 @@ def reference_bits(seed: int, name: str, stream: int, count: int) -> list[int]:
 
 def test_golden_bits():
     assert [hex(int(b)) for b in generator.random_bits(0, "layer", generator.WEIGHT_STREAM, 4)] == [
-        "0x152b6efeef7180f2", "0xfbeaafb2f62ccd64", "0xfcae573f528b2bd7", "0xeaae0aa05b0c710a",
+        "0x152b6efeef7180f2",
+        "0xfbeaafb2f62ccd64",
+        "0xfcae573f528b2bd7",
+        "0xeaae0aa05b0c710a",
     ]
     assert [hex(int(b)) for b in generator.random_bits(2024, "transformer.h.0.mlp.c_fc", 2, 3)] == [
-        "0x4993969f0c2d3ef", "0x6c79b42fcd9854a3", "0x1ee3d3c8eb44e576",
+        "0x4993969f0c2d3ef",
+        "0x6c79b42fcd9854a3",
+        "0x1ee3d3c8eb44e576",
     ]
 
 
@@ -47,10 +52,25 @@ def test_bits_follow_the_documented_spec(seed, name, stream):
 
 def test_golden_uniform_signs_and_codes():
     assert generator.uniform(1, "features.0", 1, 3).tolist() == [
-        0.8340249661102329, 0.6515801604986241, 0.27219652098546887,
+        0.8340249661102329,
+        0.6515801604986241,
+        0.27219652098546887,
     ]
     assert generator.signs(1, "features.0", 1, 8).tolist() == [-1, -1, 1, 1, 1, -1, -1, -1]
-    assert generator.freeze_codes(3, "classifier.1", 12, 4, 3).tolist() == [1, 0, 2, 0, 0, 1, 0, 2, 0, 1, 2, 1]
+    assert generator.freeze_codes(3, "classifier.1", 12, 4, 3).tolist() == [
+        1,
+        0,
+        2,
+        0,
+        0,
+        1,
+        0,
+        2,
+        0,
+        1,
+        2,
+        1,
+    ]
 
 
 def test_golden_weights():

@@ -34,7 +34,9 @@ def test_realised_sparsity_and_exact_frozen_counts(gpt2, kwargs):
     layers = slt.slt_layers()
     total = sum(layer.weight_shape.numel() for layer in layers.values())
     kept_total = 0
-    for layer, (n_pruned, n_locked) in zip(layers.values(), frozen_counts([l.weight_shape for l in layers.values()], config)):
+    for layer, (n_pruned, n_locked) in zip(
+        layers.values(), frozen_counts([lay.weight_shape for lay in layers.values()], config), strict=True
+    ):
         kept, kept_pruned, kept_locked = realised_counts(layer)
         assert (int((~(layer.free | layer.locked)).sum()), int(layer.locked.sum())) == (n_pruned, n_locked)
         assert kept_pruned == 0 and kept_locked == n_locked
@@ -48,7 +50,7 @@ def test_realised_sparsity_and_exact_frozen_counts(gpt2, kwargs):
     if config.threshold == "global":
         assert kept_total == total - math.floor(config.sparsity * total + 0.5)
     if config.frozen_distribution != "uniform":
-        n_pruned = sum(n for n, _ in frozen_counts([l.weight_shape for l in layers.values()], config))
+        n_pruned = sum(n for n, _ in frozen_counts([lay.weight_shape for lay in layers.values()], config))
         assert n_pruned == math.floor(config.pruned_ratio * total + 0.5)
     rounding = 0.5 * len(layers) / total
     assert slt.sparsity_report()["overall"]["sparsity"] == pytest.approx(config.sparsity, abs=rounding)
@@ -60,8 +62,10 @@ def test_erk_prunes_small_layers_less():
         shapes, FrozenSLTConfig(sparsity=0.6, pruned_ratio=0.5, threshold="global", frozen_distribution="erk")
     )
     assert small_pruned / 64 < 0.5 < large_pruned / 65536
-    epl = frozen_counts(shapes, FrozenSLTConfig(sparsity=0.6, pruned_ratio=0.001, threshold="global",
-                                                frozen_distribution="epl"))
+    epl = frozen_counts(
+        shapes,
+        FrozenSLTConfig(sparsity=0.6, pruned_ratio=0.001, threshold="global", frozen_distribution="epl"),
+    )
     assert epl[0][0] == epl[1][0]
 
 
@@ -77,7 +81,11 @@ def test_layer_types_and_targets(gpt2):
     assert set(slt.slt_layers()) == {"transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"}
     assert all(isinstance(layer, SupermaskConv1D) for layer in slt.slt_layers().values())
     trainable = {n for n, p in slt.base_model.named_parameters() if p.requires_grad}
-    assert trainable == {"transformer.wte.weight", "transformer.h.0.mlp.c_fc.scores", "transformer.h.1.mlp.c_fc.scores"}
+    assert trainable == {
+        "transformer.wte.weight",
+        "transformer.h.0.mlp.c_fc.scores",
+        "transformer.h.1.mlp.c_fc.scores",
+    }
 
 
 def test_unsupported_target_is_refused(gpt2):
@@ -92,7 +100,11 @@ def test_scores_only_for_free_positions(conv_net):
     layers = slt.slt_layers()
     assert isinstance(layers["conv"], SupermaskConv2d) and isinstance(layers["hidden"], SupermaskLinear)
     for layer in layers.values():
-        assert layer.scores.numel() == int(layer.free.sum()) == layer.weight_shape.numel() - layer.n_pruned - layer.n_locked
+        assert (
+            layer.scores.numel()
+            == int(layer.free.sum())
+            == layer.weight_shape.numel() - layer.n_pruned - layer.n_locked
+        )
         assert not layer.weight.requires_grad and "weight" not in dict(layer.named_parameters())
 
 
@@ -122,7 +134,9 @@ def test_conv1d_uses_transposed_fan_in(gpt2):
 
 
 def test_merge_gives_plain_layers_and_same_outputs(conv_net, images, gpt2):
-    slt = apply_frozen_slt(conv_net, FrozenSLTConfig(sparsity=0.6, pruned_ratio=0.2, locked_ratio=0.1, bias="train"))
+    slt = apply_frozen_slt(
+        conv_net, FrozenSLTConfig(sparsity=0.6, pruned_ratio=0.2, locked_ratio=0.1, bias="train")
+    )
     slt.eval()
     expected = slt(images)
     merged = slt.merge_and_unload()
@@ -141,10 +155,17 @@ def test_training_moves_scores_only(conv_net, images, threshold):
     config = FrozenSLTConfig(sparsity=0.5, pruned_ratio=0.2, locked_ratio=0.2, threshold=threshold)
     slt = apply_frozen_slt(conv_net, config)
     layers = slt.slt_layers()
-    before = {n: (l.weight.clone(), l.locked.clone(), l.free.clone(), l.scores.detach().clone()) for n, l in layers.items()}
-    frozen_params = {n: p.detach().clone() for n, p in slt.base_model.named_parameters() if not p.requires_grad}
+    before = {
+        n: (lay.weight.clone(), lay.locked.clone(), lay.free.clone(), lay.scores.detach().clone())
+        for n, lay in layers.items()
+    }
+    frozen_params = {
+        n: p.detach().clone() for n, p in slt.base_model.named_parameters() if not p.requires_grad
+    }
     optimizer = torch.optim.SGD(slt.optimizer_param_groups(), lr=0.5)
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(l.scores) for l in layers.values()}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
+        id(lay.scores) for lay in layers.values()
+    }
     labels = torch.arange(5)
     for _ in range(3):
         loss = F.cross_entropy(slt(images), labels)
@@ -154,7 +175,11 @@ def test_training_moves_scores_only(conv_net, images, threshold):
         slt.update_thresholds()
     for name, layer in layers.items():
         weight, locked, free, scores = before[name]
-        assert torch.equal(layer.weight, weight) and torch.equal(layer.locked, locked) and torch.equal(layer.free, free)
+        assert (
+            torch.equal(layer.weight, weight)
+            and torch.equal(layer.locked, locked)
+            and torch.equal(layer.free, free)
+        )
         assert not torch.equal(layer.scores, scores)
     for name, param in slt.base_model.named_parameters():
         if name in frozen_params:
@@ -166,4 +191,7 @@ def test_score_weight_decay_group(conv_net):
     slt = apply_frozen_slt(conv_net, FrozenSLTConfig(score_weight_decay=1e-4, bias="train"))
     scores_group, extras_group = slt.optimizer_param_groups(extras_weight_decay=0.0)
     assert scores_group["weight_decay"] == 1e-4 and extras_group["weight_decay"] == 0.0
-    assert {id(p) for p in extras_group["params"]} == {id(slt.base_model.conv.bias), id(slt.base_model.hidden.bias)}
+    assert {id(p) for p in extras_group["params"]} == {
+        id(slt.base_model.conv.bias),
+        id(slt.base_model.hidden.bias),
+    }

@@ -19,7 +19,9 @@ SCRIPT = Path(__file__).with_name("slt_trainer_script.py")
 def test_two_process_trainer_moves_scores_only_logs_sparsity_and_saves_ticket(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([*torchrun, str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [*torchrun, str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]

@@ -161,7 +161,9 @@ class PRTRewardModel(
             if base_model is None:
                 if config.base_model_name_or_path is None:
                     raise ArtifactError(f"{path} holds a LoRA adapter but no base model id: pass base_model=...")
-                base_model = auto.from_pretrained(config.base_model_name_or_path, **model_kwargs)
+                from ..models import resolve_model_path  # demo model names map to converted folders
+
+                base_model = auto.from_pretrained(resolve_model_path(config.base_model_name_or_path), **model_kwargs)
             model = PeftModel.from_pretrained(base_model, path)
         else:
             model = auto.from_pretrained(path, **model_kwargs)

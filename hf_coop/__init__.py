@@ -8,3 +8,14 @@ from .slt import (  # noqa: E402
     apply_frozen_slt,
     inspect_checkpoint,
 )
+from .prt import (  # noqa: E402
+    EFTLogitsProcessor,
+    PRTConfig,
+    PRTLogitsProcessor,
+    PRTModel,
+    PRTModelForClassification,
+    PRTRewardModel,
+    PRTTrainer,
+    PRTTrainingArguments,
+    ProxyTuningLogitsProcessor,
+)

@@ -51,7 +51,10 @@ def addition_texts(count: int, seed: int) -> list[str]:
 
 def task_dataset(tokenizer, texts: list[str]) -> Dataset:
     enc = tokenizer(texts, padding=True)
-    labels = [[t if m else -100 for t, m in zip(ids, mask)] for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
+    labels = [
+        [t if m else -100 for t, m in zip(ids, mask, strict=True)]
+        for ids, mask in zip(enc["input_ids"], enc["attention_mask"], strict=True)
+    ]
     return Dataset.from_dict({**enc, "labels": labels})
 
 
@@ -68,9 +71,13 @@ def task_loss(model, dataset: Dataset) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fast", action="store_true", default=os.environ.get("HF_COOP_FAST") == "1")
-    parser.add_argument("--output", default=None, help="where to save the reward (default: a temporary folder)")
+    parser.add_argument(
+        "--output", default=None, help="where to save the reward (default: a temporary folder)"
+    )
     args = parser.parse_args(argv)
     pretrain_steps, reward_steps = (10, 10) if args.fast else (300, 300)
     torch.manual_seed(0)
@@ -82,13 +89,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pretrain(old_base, tokenizer, pretrain_steps, seed=0)
     pretrain(new_base, tokenizer, pretrain_steps, seed=1)
 
-    train, test = task_dataset(tokenizer, addition_texts(256, 0)), task_dataset(tokenizer, addition_texts(64, 1))
+    train, test = (
+        task_dataset(tokenizer, addition_texts(256, 0)),
+        task_dataset(tokenizer, addition_texts(64, 1)),
+    )
     output = args.output or tempfile.mkdtemp(prefix="prt-reward-")
     trainer = PRTTrainer(
         old_base,
         args=PRTTrainingArguments(
-            output_dir=output, max_steps=reward_steps, per_device_train_batch_size=16, learning_rate=3e-3,
-            report_to=[], save_strategy="no", logging_steps=max(reward_steps // 5, 1), use_cpu=True,
+            output_dir=output,
+            max_steps=reward_steps,
+            per_device_train_batch_size=16,
+            learning_rate=3e-3,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=max(reward_steps // 5, 1),
+            use_cpu=True,
             disable_tqdm=args.fast,
         ),
         prt_config=PRTConfig(temperature=1.0, base_model_name_or_path="tiny-llama-old"),
@@ -108,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, value in results.items():
         print(f"{name:40s} {value:.3f} nats/token")
     prompt = tokenizer("3+4=7;10+2=", return_tensors="pt")
-    sample = steered.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    sample = steered.generate(
+        **prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )
     print("new base + PRT, greedy:", repr(tokenizer.decode(sample[0], skip_special_tokens=True)))
     print(f"reward model saved in {output}")
     return results

@@ -2,14 +2,14 @@
 add that reward to any newer base with the same vocabulary or label set at inference."""
 
 from .config import PRTConfig, PRTTrainingArguments
-from .core import eft_log_probs, prt_log_probs, proxy_tuning_log_probs
+from .core import eft_log_probs, proxy_tuning_log_probs, prt_log_probs
 from .modeling import PRTCache, PRTModel, PRTModelForClassification
 from .processors import (
     EFTLogitsProcessor,
     FollowerLM,
     FollowerLogitsProcessor,
-    PRTLogitsProcessor,
     ProxyTuningLogitsProcessor,
+    PRTLogitsProcessor,
 )
 from .reward_model import PRTRewardModel
 from .trainer import PRTTrainer

@@ -9,7 +9,9 @@ TEXT_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv":
 
 
 def add_subcommands(subparsers) -> None:
-    prt = subparsers.add_parser("prt", help="Portable Reward Tuning: train a reward once, reuse it on new bases")
+    prt = subparsers.add_parser(
+        "prt", help="Portable Reward Tuning: train a reward once, reuse it on new bases"
+    )
     commands = prt.add_subparsers(dest="prt_command", required=True)
 
     train = commands.add_parser("train", help="train a reward model through a frozen causal LM")
@@ -23,7 +25,9 @@ def add_subcommands(subparsers) -> None:
     train.add_argument("--lora-r", type=int, default=0, help="train a LoRA adapter of this rank (0: full)")
     train.add_argument("--max-length", type=int, default=256, help="truncate examples to this many tokens")
     train.add_argument("--epochs", type=float, default=1.0)
-    train.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides epochs)")
+    train.add_argument(
+        "--max-steps", type=int, default=-1, help="stop after this many steps (overrides epochs)"
+    )
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--gradient-accumulation-steps", type=int, default=1)
     train.add_argument("--learning-rate", type=float, default=1e-4)
@@ -36,7 +40,9 @@ def add_subcommands(subparsers) -> None:
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--num-beams", type=int, default=1)
     generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    generate.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    generate.add_argument(
+        "--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template"
+    )
     generate.set_defaults(func=run_generate)
 
 
@@ -90,7 +96,9 @@ def run_train(args: argparse.Namespace) -> int:
         base,
         args=training_args,
         prt_config=PRTConfig(
-            temperature=args.temperature, entropy_weight=args.entropy_weight, base_model_name_or_path=args.base
+            temperature=args.temperature,
+            entropy_weight=args.entropy_weight,
+            base_model_name_or_path=args.base,
         ),
         peft_config=peft_config,
         processing_class=tokenizer,
@@ -119,8 +127,11 @@ def run_generate(args: argparse.Namespace) -> int:
         text = args.prompt
     inputs = tokenizer(text, return_tensors="pt")
     output = model.generate(
-        **inputs, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.sample,
+        **inputs,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        do_sample=args.sample,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
-    print(tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))
+    print(tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
     return 0

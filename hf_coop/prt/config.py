@@ -1,4 +1,4 @@
-"""Configuration of Portable Reward Tuning: what a reward model needs to be reused, and the trainer's knobs."""
+"""Configuration of Portable Reward Tuning: what a reward needs to be reused, and the trainer's knobs."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ class PRTConfig(CoopConfig):
     """Saved next to a PRT reward model (`prt_config.json`); names the output space the reward speaks.
 
     At inference the reward is added to any new base's log-probabilities,
-    `p = softmax(log_softmax(f_new(x)) + r(x) / λ)` (the inference rule of arXiv 2502.12776), so it only makes sense over the
-    same vocabulary (causal LMs) or the same label set in the same order (classifiers); the fingerprints let
-    loaders refuse a mismatch instead of producing quietly wrong text.
+    `p = softmax(log_softmax(f_new(x)) + r(x) / λ)` (the inference rule of arXiv 2502.12776), so it only
+    makes sense over the same vocabulary (causal LMs) or the same label set in the same order
+    (classifiers); the fingerprints let loaders refuse a mismatch instead of producing quietly wrong text.
 
     Args:
         temperature: λ in the paper; the reward is divided by it in training and inference.

@@ -38,7 +38,7 @@ def shared_vocab_size(*logits: torch.Tensor, vocab_size: int | None = None) -> i
 
 
 def pad_vocab(log_probs: torch.Tensor, width: int) -> torch.Tensor:
-    """Extend the last dimension to `width` with -inf (probability zero for head rows beyond the tokenizer)."""
+    """Extend the last dimension to `width` with -inf: head rows beyond the tokenizer get probability 0."""
     extra = width - log_probs.shape[-1]
     if extra <= 0:
         return log_probs
@@ -46,7 +46,10 @@ def pad_vocab(log_probs: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def prt_log_probs(
-    base_logits: torch.Tensor, reward_logits: torch.Tensor, temperature: float = 1.0, vocab_size: int | None = None
+    base_logits: torch.Tensor,
+    reward_logits: torch.Tensor,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """PRT (arXiv 2502.12776): `log_softmax(log_softmax(f_base(x)) + r(x) / λ)` over the shared vocabulary.
 
@@ -65,7 +68,9 @@ def eft_log_probs(
 ) -> torch.Tensor:
     """Emulated fine-tuning baseline: `log π_new + (log π_ft − log π_base)`, renormalised."""
     size = shared_vocab_size(new_logits, finetuned_logits, base_logits, vocab_size=vocab_size)
-    new, ft, base = (F.log_softmax(t[..., :size].float(), dim=-1) for t in (new_logits, finetuned_logits, base_logits))
+    new, ft, base = (
+        F.log_softmax(t[..., :size].float(), dim=-1) for t in (new_logits, finetuned_logits, base_logits)
+    )
     return F.log_softmax(new + ft - base, dim=-1)
 
 

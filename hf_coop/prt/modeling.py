@@ -59,13 +59,20 @@ class PRTModel(PreTrainedModel, GenerationMixin):
         tokenizer=None,
     ):
         super().__init__(copy.deepcopy(new_base.config))
-        reward, self.temperature, self.vocab_size = _unwrap_reward(reward_model, temperature, vocab_size, tokenizer)
+        reward, self.temperature, self.vocab_size = _unwrap_reward(
+            reward_model, temperature, vocab_size, tokenizer
+        )
         self.new_base = new_base
         self.reward = reward
         self.generation_config = copy.deepcopy(new_base.generation_config)
-        heads = {who: m.get_output_embeddings().weight.shape[0] for who, m in (("new base", new_base), ("reward", reward))}
+        heads = {
+            who: m.get_output_embeddings().weight.shape[0]
+            for who, m in (("new base", new_base), ("reward", reward))
+        }
         if self.vocab_size is not None and min(heads.values()) < self.vocab_size:
-            raise ArtifactError(f"output heads {heads} do not cover the reward's {self.vocab_size}-token vocabulary")
+            raise ArtifactError(
+                f"output heads {heads} do not cover the reward's {self.vocab_size}-token vocabulary"
+            )
 
     def new_cache(self) -> PRTCache:
         return PRTCache(DynamicCache(config=self.new_base.config), DynamicCache(config=self.reward.config))
@@ -113,7 +120,9 @@ class PRTModelForClassification(nn.Module):
     tokenization); by default both members read the same ones.
     """
 
-    def __init__(self, new_base: nn.Module, reward_model: PRTRewardModel | nn.Module, temperature: float | None = None):
+    def __init__(
+        self, new_base: nn.Module, reward_model: PRTRewardModel | nn.Module, temperature: float | None = None
+    ):
         super().__init__()
         if isinstance(reward_model, PRTRewardModel):
             reward_model.check_compatible(id2label=new_base.config.id2label, who="new base")
@@ -127,7 +136,8 @@ class PRTModelForClassification(nn.Module):
         new_labels = [new_base.config.id2label[i] for i in range(len(new_base.config.id2label))]
         if sorted(new_labels) != sorted(reward_labels):
             raise ArtifactError(
-                f"the new base's labels {new_labels} are not the reward's {reward_labels}: PRT needs the same set"
+                f"the new base's labels {new_labels} are not the reward's {reward_labels}: "
+                "PRT needs the same set"
             )
         self.new_base = new_base
         self.reward = reward

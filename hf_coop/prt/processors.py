@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from .core import check_finite, eft_log_probs, pad_vocab, prt_log_probs, proxy_tuning_log_probs
+from .core import check_finite, eft_log_probs, pad_vocab, proxy_tuning_log_probs, prt_log_probs
 from .reward_model import PRTRewardModel
 
 REORDER_ERROR = (
@@ -27,7 +27,9 @@ class FollowerLM:
     were reordered (beam search) are refused, because this cache could not follow them.
     """
 
-    def __init__(self, model: torch.nn.Module, attention_mask: torch.Tensor | None = None, use_cache: bool = True):
+    def __init__(
+        self, model: torch.nn.Module, attention_mask: torch.Tensor | None = None, use_cache: bool = True
+    ):
         self.model = model
         self.prompt_attention_mask = attention_mask
         self.use_cache = use_cache
@@ -47,8 +49,8 @@ class FollowerLM:
         mask = mask.to(input_ids.device)
         if mask.shape[1] != input_ids.shape[1]:
             raise ValueError(
-                f"the attention mask has {mask.shape[1]} columns but the prompt has {input_ids.shape[1]} tokens: "
-                "pass the attention mask of the prompt given to generate"
+                f"the attention mask has {mask.shape[1]} columns but the prompt has {input_ids.shape[1]} "
+                "tokens: pass the attention mask of the prompt given to generate"
             )
         rows, mask_rows = input_ids.shape[0], mask.shape[0]
         if rows != mask_rows:
@@ -64,13 +66,17 @@ class FollowerLM:
             self._start(input_ids)
             new_ids, positions = input_ids, self._position_ids
         else:
-            steps_ok = input_ids.shape[1] == self._seen.shape[1] + 1 and input_ids.shape[0] == self._seen.shape[0]
+            steps_ok = (
+                input_ids.shape[1] == self._seen.shape[1] + 1 and input_ids.shape[0] == self._seen.shape[0]
+            )
             if not steps_ok or not torch.equal(input_ids[:, :-1], self._seen):
                 raise ValueError(REORDER_ERROR)
             new_position = self._position_ids[:, -1:] + 1
             self._attention_mask = torch.cat([self._attention_mask, torch.ones_like(new_position)], dim=1)
             self._position_ids = torch.cat([self._position_ids, new_position], dim=1)
-            new_ids, positions = (input_ids[:, -1:], new_position) if self.use_cache else (input_ids, self._position_ids)
+            new_ids, positions = (
+                (input_ids[:, -1:], new_position) if self.use_cache else (input_ids, self._position_ids)
+            )
         outputs = self.model(
             input_ids=new_ids,
             attention_mask=self._attention_mask,
@@ -111,7 +117,7 @@ class FollowerLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_finite(scores, "the new base model", allow_neg_inf=True)
         extra_logits = [follower(input_ids) for follower in self.followers]
-        for follower, logits in zip(self.followers, extra_logits):
+        for follower, logits in zip(self.followers, extra_logits, strict=True):
             check_finite(logits, f"the steering model {type(follower.model).__name__}")
         return pad_vocab(self.combine(scores, *extra_logits), scores.shape[-1]).to(scores.dtype)
 
@@ -151,7 +157,9 @@ class PRTLogitsProcessor(FollowerLogitsProcessor):
         tokenizer=None,
         use_cache: bool = True,
     ):
-        reward, self.temperature, vocab_size = _unwrap_reward(reward_model, temperature, vocab_size, tokenizer)
+        reward, self.temperature, vocab_size = _unwrap_reward(
+            reward_model, temperature, vocab_size, tokenizer
+        )
         super().__init__([reward], attention_mask, vocab_size, use_cache)
 
     def combine(self, scores: torch.Tensor, reward_logits: torch.Tensor) -> torch.Tensor:

@@ -67,20 +67,26 @@ def write_reward_metadata(
 ) -> None:
     """Write `prt_config.json` and the model card next to saved reward weights."""
     config.save_pretrained(save_directory)
-    Path(save_directory, "README.md").write_text(render_reward_card(config, training_summary), encoding="utf-8")
+    Path(save_directory, "README.md").write_text(
+        render_reward_card(config, training_summary), encoding="utf-8"
+    )
 
 
-def check_output_space(config: PRTConfig, tokenizer=None, id2label: dict | None = None, who: str = "model") -> None:
+def check_output_space(
+    config: PRTConfig, tokenizer=None, id2label: dict | None = None, who: str = "model"
+) -> None:
     """Refuse a tokenizer or label set other than the one the reward was trained over, saying why."""
     if tokenizer is not None:
         if config.task_type != "causal_lm":
-            raise ArtifactError("this reward model is a classifier; it has no vocabulary to match a tokenizer")
+            raise ArtifactError(
+                "this reward model is a classifier; it has no vocabulary to match a tokenizer"
+            )
         if config.vocab_fingerprint is not None and vocab_fingerprint(tokenizer) != config.vocab_fingerprint:
             raise ArtifactError(
-                f"the {who}'s tokenizer ({len(tokenizer)} tokens) is not the vocabulary this reward was trained "
-                f"over ({config.vocab_size} tokens, fingerprint {config.vocab_fingerprint}): token ids would "
-                "mean different strings. PRT needs the same tokenizer; crossing tokenizers needs a common "
-                "vocabulary (hf_coop.vocab)"
+                f"the {who}'s tokenizer ({len(tokenizer)} tokens) is not the vocabulary this reward was "
+                f"trained over ({config.vocab_size} tokens, fingerprint {config.vocab_fingerprint}): "
+                "token ids would mean different strings. PRT needs the same tokenizer; crossing tokenizers "
+                "needs a common vocabulary (hf_coop.vocab)"
             )
     if id2label is not None:
         if config.task_type != "classification":
@@ -151,7 +157,11 @@ class PRTRewardModel(
             from huggingface_hub import snapshot_download
 
             path = snapshot_download(
-                model_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
+                model_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=local_files_only,
             )
         config = PRTConfig.from_pretrained(path)
         auto = AutoModelForCausalLM if config.task_type == "causal_lm" else AutoModelForSequenceClassification
@@ -160,10 +170,14 @@ class PRTRewardModel(
 
             if base_model is None:
                 if config.base_model_name_or_path is None:
-                    raise ArtifactError(f"{path} holds a LoRA adapter but no base model id: pass base_model=...")
+                    raise ArtifactError(
+                        f"{path} holds a LoRA adapter but no base model id: pass base_model=..."
+                    )
                 from ..models import resolve_model_path  # demo model names map to converted folders
 
-                base_model = auto.from_pretrained(resolve_model_path(config.base_model_name_or_path), **model_kwargs)
+                base_model = auto.from_pretrained(
+                    resolve_model_path(config.base_model_name_or_path), **model_kwargs
+                )
             model = PeftModel.from_pretrained(base_model, path)
         else:
             model = auto.from_pretrained(path, **model_kwargs)
@@ -193,12 +207,12 @@ def _check_saved_consistency(config: PRTConfig, model: PreTrainedModel, path: st
     if os.path.isfile(os.path.join(path, "tokenizer.json")) and config.vocab_fingerprint is not None:
         from transformers import AutoTokenizer
 
-        check_output_space(config, tokenizer=AutoTokenizer.from_pretrained(path), who=f"tokenizer saved in {path}")
+        check_output_space(
+            config, tokenizer=AutoTokenizer.from_pretrained(path), who=f"tokenizer saved in {path}"
+        )
 
 
-def reward_config_from_models(
-    config: PRTConfig, base_model: PreTrainedModel, tokenizer=None
-) -> PRTConfig:
+def reward_config_from_models(config: PRTConfig, base_model: PreTrainedModel, tokenizer=None) -> PRTConfig:
     """Fill the fields `PRTConfig` can learn from the source base and its tokenizer (unset ones only)."""
     updates: dict[str, Any] = {}
     if config.base_model_name_or_path is None:

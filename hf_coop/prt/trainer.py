@@ -58,10 +58,16 @@ class PRTTrainer(Trainer):
         if model is None:
             model = copy.deepcopy(base_model).requires_grad_(True)  # the base may already be frozen
         elif isinstance(model, str):
-            auto = AutoModelForCausalLM if prt_config.task_type == "causal_lm" else AutoModelForSequenceClassification
+            auto = (
+                AutoModelForCausalLM
+                if prt_config.task_type == "causal_lm"
+                else AutoModelForSequenceClassification
+            )
             model = auto.from_pretrained(model, **init_kwargs)
         if model is base_model:
-            raise ValueError("the reward model must be a separate copy of the base (pass model=None to copy it)")
+            raise ValueError(
+                "the reward model must be a separate copy of the base (pass model=None to copy it)"
+            )
         if peft_config is not None:
             from peft import get_peft_model
 
@@ -103,7 +109,7 @@ class PRTTrainer(Trainer):
         mask = targets != -100
         if bool((targets[mask] >= scored.shape[-1]).any()):
             raise ValueError(
-                f"a label id is >= {scored.shape[-1]}, the size of the output space the reward is trained over"
+                f"a label id is >= {scored.shape[-1]}, the size of the output space the reward trains over"
             )
         token_nll = -scored.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         denominator = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
@@ -116,7 +122,9 @@ class PRTTrainer(Trainer):
         if not bool(torch.isfinite(loss)):
             check_finite(base_logits, "the frozen base model")
             check_finite(reward_logits, "the reward model")
-            raise ValueError(f"PRT loss is {loss.item()} with finite logits; lower the learning rate or raise λ")
+            raise ValueError(
+                f"PRT loss is {loss.item()} with finite logits; lower the learning rate or raise λ"
+            )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every process's tokens and DDP averages gradients over processes
             loss = loss * self.accelerator.num_processes
@@ -146,7 +154,9 @@ class PRTTrainer(Trainer):
         """Save the reward (weights or adapter), the tokenizer, `prt_config.json` and the model card."""
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save:
-            write_reward_metadata(output_dir or self.args.output_dir, self.prt_config, self._training_summary())
+            write_reward_metadata(
+                output_dir or self.args.output_dir, self.prt_config, self._training_summary()
+            )
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """The PRT card instead of Trainer's generic one (used by `push_to_hub`)."""
@@ -158,7 +168,9 @@ class PRTTrainer(Trainer):
             "training steps": self.state.global_step,
             "epochs": round(self.state.epoch or 0.0, 3),
             "learning rate": self.args.learning_rate,
-            "adapter": "peft" if hasattr(self.accelerator.unwrap_model(self.model), "peft_config") else "none",
+            "adapter": "peft"
+            if hasattr(self.accelerator.unwrap_model(self.model), "peft_config")
+            else "none",
         }
 
 

@@ -33,29 +33,50 @@ def padded_dataset(tokenizer):
     enc = tokenizer(TEXTS)
     width = max(len(ids) for ids in enc["input_ids"])
     pad = tokenizer.pad_token_id
-    return Dataset.from_dict({
-        "input_ids": [ids + [pad] * (width - len(ids)) for ids in enc["input_ids"]],
-        "attention_mask": [[1] * len(ids) + [0] * (width - len(ids)) for ids in enc["input_ids"]],
-        "labels": [ids + [-100] * (width - len(ids)) for ids in enc["input_ids"]],
-    })
+    return Dataset.from_dict(
+        {
+            "input_ids": [ids + [pad] * (width - len(ids)) for ids in enc["input_ids"]],
+            "attention_mask": [[1] * len(ids) + [0] * (width - len(ids)) for ids in enc["input_ids"]],
+            "labels": [ids + [-100] * (width - len(ids)) for ids in enc["input_ids"]],
+        }
+    )
 
 
-def one_step_update(output_dir: str, per_device_batch: int) -> tuple[dict[str, torch.Tensor], PRTTrainer, dict]:
+def one_step_update(
+    output_dir: str, per_device_batch: int
+) -> tuple[dict[str, torch.Tensor], PRTTrainer, dict]:
     """Parameter change of one SGD step (lr 1, no clipping), the trainer, and the base before training."""
     torch.manual_seed(0)
     tokenizer = tiny_byte_level_tokenizer()
     base = tiny_causal_lm(tokenizer, seed=0)
     base_before = {n: p.detach().clone() for n, p in base.named_parameters()}
     args = PRTTrainingArguments(
-        output_dir=output_dir, per_device_train_batch_size=per_device_batch, max_steps=1, optim="sgd",
-        learning_rate=1.0, max_grad_norm=0.0, weight_decay=0.0, report_to=[], use_cpu=True, save_strategy="no",
-        disable_tqdm=True, seed=0,
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device_batch,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=1.0,
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
-    trainer = PRTTrainer(base, args=args, train_dataset=padded_dataset(tokenizer), processing_class=tokenizer,
-                         prt_config=PRTConfig(entropy_weight=0.1))
+    trainer = PRTTrainer(
+        base,
+        args=args,
+        train_dataset=padded_dataset(tokenizer),
+        processing_class=tokenizer,
+        prt_config=PRTConfig(entropy_weight=0.1),
+    )
     start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
-    update = {n: (start[n] - p.detach()).contiguous() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}
+    update = {
+        n: (start[n] - p.detach()).contiguous()
+        for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()
+    }
     return update, trainer, base_before
 
 
@@ -65,8 +86,12 @@ if __name__ == "__main__":
     if trainer.is_world_process_zero():
         base_unchanged = all(torch.equal(p, base_before[n]) for n, p in trainer.base_model.named_parameters())
         save_file(update, str(out / "update.safetensors"))
-        (out / "report.json").write_text(json.dumps({
-            "world_size": trainer.args.world_size,
-            "distributed_type": str(trainer.accelerator.distributed_type),
-            "base_unchanged": base_unchanged,
-        }))
+        (out / "report.json").write_text(
+            json.dumps(
+                {
+                    "world_size": trainer.args.world_size,
+                    "distributed_type": str(trainer.accelerator.distributed_type),
+                    "base_unchanged": base_unchanged,
+                }
+            )
+        )

@@ -28,12 +28,49 @@ def test_train_then_generate(tmp_path, saved_models, capsys):
     data = tmp_path / "train.txt"
     data.write_text("Question: Tom has 3 apples. Answer: 7\nThe quick brown fox\n" * 4)
     output = tmp_path / "reward"
-    assert run(["prt", "train", "--base", saved_models["source"], "--data", str(data), "--output", str(output),
-                "--max-steps", "2", "--batch-size", "4", "--lora-r", "2", "--lambda", "0.5"]) == 0
+    assert (
+        run(
+            [
+                "prt",
+                "train",
+                "--base",
+                saved_models["source"],
+                "--data",
+                str(data),
+                "--output",
+                str(output),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--lora-r",
+                "2",
+                "--lambda",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert (output / "prt_config.json").is_file() and (output / "adapter_config.json").is_file()
     capsys.readouterr()
-    assert run(["prt", "generate", "The quick", "--base", saved_models["new"], "--reward", str(output),
-                "--max-new-tokens", "5", "--num-beams", "2"]) == 0
+    assert (
+        run(
+            [
+                "prt",
+                "generate",
+                "The quick",
+                "--base",
+                saved_models["new"],
+                "--reward",
+                str(output),
+                "--max-new-tokens",
+                "5",
+                "--num-beams",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip()
 
 
@@ -41,4 +78,15 @@ def test_unknown_data_file_type_is_refused(tmp_path, saved_models):
     data = tmp_path / "train.parquetx"
     data.write_text("x")
     with pytest.raises(ValueError, match="unknown file type"):
-        run(["prt", "train", "--base", saved_models["source"], "--data", str(data), "--output", str(tmp_path / "o")])
+        run(
+            [
+                "prt",
+                "train",
+                "--base",
+                saved_models["source"],
+                "--data",
+                str(data),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )

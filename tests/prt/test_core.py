@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_coop.prt.core import check_finite, eft_log_probs, pad_vocab, prt_log_probs, proxy_tuning_log_probs
+from hf_coop.prt.core import check_finite, eft_log_probs, pad_vocab, proxy_tuning_log_probs, prt_log_probs
 
 
 def test_prt_log_probs_equals_formula_over_the_shared_vocabulary():
@@ -20,7 +20,9 @@ def test_zero_reward_gives_the_base_distribution():
 def test_eft_with_identical_pair_is_the_new_model_and_proxy_tuning_is_linear_in_scores():
     new, ft, base = torch.randn(3, 2, 6).unbind(0)
     torch.testing.assert_close(eft_log_probs(new, base, base), F.log_softmax(new, -1))
-    torch.testing.assert_close(proxy_tuning_log_probs(new, ft, base, 0.5), F.log_softmax(new + 0.5 * (ft - base), -1))
+    torch.testing.assert_close(
+        proxy_tuning_log_probs(new, ft, base, 0.5), F.log_softmax(new + 0.5 * (ft - base), -1)
+    )
 
 
 def test_pad_vocab_gives_extra_head_rows_probability_zero():

@@ -1,5 +1,6 @@
-"""Two CPU processes under torchrun (gloo): Trainer drives accelerate from torchrun's environment (DESIGN.md §5:
-`accelerate launch --cpu` would start one process here). One step on 2×4 rows must equal one process on 8."""
+"""Two CPU processes under torchrun (gloo): Trainer drives accelerate from torchrun's environment
+(DESIGN.md §5: `accelerate launch --cpu` would start one process here).
+One step on 2×4 rows must equal one process on 8."""
 
 import json
 import os
@@ -17,8 +18,16 @@ SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 
 def test_two_process_training_equals_one_process_on_the_whole_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[2])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(SCRIPT), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(SCRIPT),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())

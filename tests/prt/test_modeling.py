@@ -10,7 +10,9 @@ from hf_coop.testing import tiny_causal_lm, tiny_sentencepiece_tokenizer, tiny_s
 def test_beam_search_with_cache_equals_without(new_base, reward, tokenizer, prompts):
     model = PRTModel(new_base, reward, vocab_size=len(tokenizer))
     beams = {"max_new_tokens": 6, "num_beams": 3, "do_sample": False, "num_return_sequences": 2}
-    assert torch.equal(model.generate(**prompts, **beams), model.generate(**prompts, use_cache=False, **beams))
+    assert torch.equal(
+        model.generate(**prompts, **beams), model.generate(**prompts, use_cache=False, **beams)
+    )
 
 
 def test_logits_are_prt_over_the_tokenizer_with_extra_rows_masked(new_base, reward, tokenizer, prompts):

@@ -4,9 +4,9 @@ import torch.nn.functional as F
 
 from hf_coop.prt import (
     EFTLogitsProcessor,
+    ProxyTuningLogitsProcessor,
     PRTLogitsProcessor,
     PRTModel,
-    ProxyTuningLogitsProcessor,
 )
 from hf_coop.testing import tiny_causal_lm
 
@@ -35,10 +35,16 @@ def test_zero_reward_leaves_generation_identical(new_base, tokenizer, prompts):
 
 def test_processor_equals_hand_computed_prt_at_every_step(new_base, reward, tokenizer, prompts):
     vocab, lam = len(tokenizer), 0.7
-    processor = PRTLogitsProcessor(reward, attention_mask=prompts.attention_mask, temperature=lam, vocab_size=vocab)
+    processor = PRTLogitsProcessor(
+        reward, attention_mask=prompts.attention_mask, temperature=lam, vocab_size=vocab
+    )
     out = new_base.generate(
-        **prompts, max_new_tokens=STEPS, do_sample=False, logits_processor=[processor],
-        return_dict_in_generate=True, output_scores=True,
+        **prompts,
+        max_new_tokens=STEPS,
+        do_sample=False,
+        logits_processor=[processor],
+        return_dict_in_generate=True,
+        output_scores=True,
     )
     prompt_len = prompts.input_ids.shape[1]
     for step, scores in enumerate(out.scores):
@@ -73,12 +79,18 @@ def test_cached_equals_uncached(new_base, reward, tokenizer, prompts):
         processor = PRTLogitsProcessor(
             reward, attention_mask=prompts.attention_mask, vocab_size=len(tokenizer), use_cache=use_cache
         )
-        outs.append(new_base.generate(
-            **prompts, max_new_tokens=STEPS, do_sample=False, logits_processor=[processor],
-            return_dict_in_generate=True, output_scores=True,
-        ))
+        outs.append(
+            new_base.generate(
+                **prompts,
+                max_new_tokens=STEPS,
+                do_sample=False,
+                logits_processor=[processor],
+                return_dict_in_generate=True,
+                output_scores=True,
+            )
+        )
     assert torch.equal(outs[0].sequences, outs[1].sequences)
-    for cached, uncached in zip(outs[0].scores, outs[1].scores):
+    for cached, uncached in zip(outs[0].scores, outs[1].scores, strict=True):
         torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)
 
 
@@ -87,8 +99,13 @@ def test_left_padded_batch_equals_one_by_one(new_base, reward, tokenizer, prompt
     batch = greedy(new_base, prompts, [processor])[:, -STEPS:]
     for row in range(batch.shape[0]):
         keep = prompts.attention_mask[row].bool()
-        single = {"input_ids": prompts.input_ids[row, keep][None], "attention_mask": torch.ones(1, int(keep.sum()))}
-        processor = PRTLogitsProcessor(reward, attention_mask=single["attention_mask"], vocab_size=len(tokenizer))
+        single = {
+            "input_ids": prompts.input_ids[row, keep][None],
+            "attention_mask": torch.ones(1, int(keep.sum())),
+        }
+        processor = PRTLogitsProcessor(
+            reward, attention_mask=single["attention_mask"], vocab_size=len(tokenizer)
+        )
         assert torch.equal(greedy(new_base, single, [processor])[0, -STEPS:], batch[row])
 
 
@@ -128,7 +145,9 @@ def test_eft_with_identical_pair_and_proxy_tuning_with_zero_alpha_leave_generati
     reference = greedy(new_base, prompts)
     mask = prompts.attention_mask
     eft = EFTLogitsProcessor(source_base, source_base, attention_mask=mask, vocab_size=len(tokenizer))
-    proxy = ProxyTuningLogitsProcessor(reward, source_base, alpha=0.0, attention_mask=mask, vocab_size=len(tokenizer))
+    proxy = ProxyTuningLogitsProcessor(
+        reward, source_base, alpha=0.0, attention_mask=mask, vocab_size=len(tokenizer)
+    )
     assert torch.equal(greedy(new_base, prompts, [eft]), reference)
     assert torch.equal(greedy(new_base, prompts, [proxy]), reference)
 
@@ -136,8 +155,16 @@ def test_eft_with_identical_pair_and_proxy_tuning_with_zero_alpha_leave_generati
 def test_eft_processor_equals_hand_computed_first_step(new_base, source_base, reward, tokenizer, prompts):
     vocab, mask = len(tokenizer), prompts.attention_mask
     eft = EFTLogitsProcessor(reward, source_base, attention_mask=mask, vocab_size=vocab)
-    out = new_base.generate(**prompts, max_new_tokens=1, do_sample=False, logits_processor=[eft],
-                            return_dict_in_generate=True, output_scores=True)
-    new, ft, base = (full_next_token_logits(m, prompts.input_ids, mask)[:, :vocab] for m in (new_base, reward, source_base))
+    out = new_base.generate(
+        **prompts,
+        max_new_tokens=1,
+        do_sample=False,
+        logits_processor=[eft],
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    new, ft, base = (
+        full_next_token_logits(m, prompts.input_ids, mask)[:, :vocab] for m in (new_base, reward, source_base)
+    )
     expected = F.log_softmax(F.log_softmax(new, -1) + F.log_softmax(ft, -1) - F.log_softmax(base, -1), -1)
     torch.testing.assert_close(out.scores[0][:, :vocab], expected, atol=1e-5, rtol=1e-4)

@@ -11,12 +11,27 @@ from hf_coop.testing import tiny_causal_lm, tiny_sentencepiece_tokenizer, tiny_s
 
 def train_and_save(tmp_path, tokenizer, base, peft_config=None):
     enc = tokenizer(["Question: Tom has 3 apples. Answer: 7", "def add(a, b):"], padding=True)
-    labels = [[t if m else -100 for t, m in zip(ids, mask)] for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
-    args = PRTTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, report_to=[], use_cpu=True,
-                                save_strategy="no", learning_rate=1e-2, disable_tqdm=True)
-    trainer = PRTTrainer(base, args=args, train_dataset=Dataset.from_dict({**enc, "labels": labels}),
-                         processing_class=tokenizer, peft_config=peft_config,
-                         prt_config=PRTConfig(temperature=0.5, base_model_name_or_path="tiny/source"))
+    labels = [
+        [t if m else -100 for t, m in zip(ids, mask, strict=True)]
+        for ids, mask in zip(enc["input_ids"], enc["attention_mask"], strict=True)
+    ]
+    args = PRTTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-2,
+        disable_tqdm=True,
+    )
+    trainer = PRTTrainer(
+        base,
+        args=args,
+        train_dataset=Dataset.from_dict({**enc, "labels": labels}),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        prt_config=PRTConfig(temperature=0.5, base_model_name_or_path="tiny/source"),
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "reward"))
     return trainer, tmp_path / "reward"
@@ -24,7 +39,9 @@ def train_and_save(tmp_path, tokenizer, base, peft_config=None):
 
 def test_save_then_load_reproduces_logits_exactly(tmp_path, tokenizer, source_base, new_base, prompts):
     trainer, path = train_and_save(tmp_path, tokenizer, source_base)
-    assert {"prt_config.json", "README.md", "model.safetensors", "config.json"} <= {p.name for p in path.iterdir()}
+    assert {"prt_config.json", "README.md", "model.safetensors", "config.json"} <= {
+        p.name for p in path.iterdir()
+    }
     card = (path / "README.md").read_text()
     assert "tiny/source" in card and "λ (temperature) | 0.5" in card and "$" not in card
     loaded = PRTRewardModel.from_pretrained(path, tokenizer=tokenizer)

@@ -32,8 +32,16 @@ def padded_lm_dataset(tokenizer, texts=TEXTS):
 
 def make_args(tmp_path, **overrides):
     defaults = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
-        report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
     )
     return PRTTrainingArguments(**{**defaults, **overrides})
 
@@ -45,10 +53,13 @@ def snapshot(model):
 def test_base_is_bit_identical_and_reward_changes(tmp_path, tokenizer):
     base = tiny_causal_lm(tokenizer, seed=0, extra_head_rows=3)
     before_base = snapshot(base)
-    trainer = PRTTrainer(base, args=make_args(tmp_path), train_dataset=padded_lm_dataset(tokenizer),
-                         processing_class=tokenizer)
+    trainer = PRTTrainer(
+        base, args=make_args(tmp_path), train_dataset=padded_lm_dataset(tokenizer), processing_class=tokenizer
+    )
     before_reward = snapshot(trainer.model)
-    assert all(torch.equal(before_reward[n], before_base[n]) for n in before_base), "reward starts as the base"
+    assert all(torch.equal(before_reward[n], before_base[n]) for n in before_base), (
+        "reward starts as the base"
+    )
     trainer.train()
     assert all(torch.equal(p, before_base[n]) for n, p in base.named_parameters())
     assert not base.training and not any(p.requires_grad for p in base.parameters())
@@ -64,10 +75,23 @@ def test_gradient_accumulation_2x4_equals_batch_8(tmp_path, tokenizer):
     dataset = padded_lm_dataset(tokenizer)
     results = []
     for batch, accumulation in ((8, 1), (4, 2)):
-        args = make_args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                         max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0, weight_decay=0.0)
-        trainer = PRTTrainer(base, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             prt_config=PRTConfig(entropy_weight=0.1))
+        args = make_args(
+            tmp_path,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=0.0,
+            weight_decay=0.0,
+        )
+        trainer = PRTTrainer(
+            base,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            prt_config=PRTConfig(entropy_weight=0.1),
+        )
         start = snapshot(trainer.model)
         trainer.train()
         results.append({n: start[n] - p.detach() for n, p in trainer.model.named_parameters()})
@@ -80,9 +104,13 @@ def test_lora_reward_trains_only_the_adapter(tmp_path, tokenizer):
 
     base = tiny_causal_lm(tokenizer, seed=0)
     before_base = snapshot(base)
-    trainer = PRTTrainer(base, args=make_args(tmp_path), train_dataset=padded_lm_dataset(tokenizer),
-                         processing_class=tokenizer,
-                         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    trainer = PRTTrainer(
+        base,
+        args=make_args(tmp_path),
+        train_dataset=padded_lm_dataset(tokenizer),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     before = snapshot(trainer.model)
     trainer.train()
     for name, p in trainer.model.named_parameters():
@@ -94,8 +122,12 @@ def test_classifier_reward_trains_over_labels_and_evaluates(tmp_path, tokenizer)
     base = tiny_sequence_classifier(tokenizer, labels=("neg", "pos"), seed=0)
     enc = tokenizer(TEXTS, padding="max_length", max_length=24, truncation=True)
     dataset = Dataset.from_dict({**enc, "labels": [i % 2 for i in range(len(TEXTS))]})
-    trainer = PRTTrainer(base, args=make_args(tmp_path, eval_strategy="steps", eval_steps=1),
-                         train_dataset=dataset, eval_dataset=dataset)
+    trainer = PRTTrainer(
+        base,
+        args=make_args(tmp_path, eval_strategy="steps", eval_steps=1),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+    )
     assert trainer.prt_config.task_type == "classification"
     assert trainer.prt_config.label_names == ["neg", "pos"]
     trainer.train()
@@ -108,15 +140,19 @@ def test_classifier_reward_trains_over_labels_and_evaluates(tmp_path, tokenizer)
 def test_reward_with_other_labels_is_refused(tokenizer):
     base = tiny_sequence_classifier(tokenizer, labels=("neg", "pos"))
     with pytest.raises(ValueError, match="differ from the base"):
-        PRTTrainer(base, model=tiny_sequence_classifier(tokenizer, labels=("pos", "neg")),
-                   args=PRTTrainingArguments(output_dir="unused", use_cpu=True, report_to=[]))
+        PRTTrainer(
+            base,
+            model=tiny_sequence_classifier(tokenizer, labels=("pos", "neg")),
+            args=PRTTrainingArguments(output_dir="unused", use_cpu=True, report_to=[]),
+        )
 
 
 def test_checkpoint_resume_reaches_the_same_weights(tmp_path, tokenizer):
     base = tiny_causal_lm(tokenizer, seed=0)
     dataset = padded_lm_dataset(tokenizer)
-    straight = PRTTrainer(base, args=make_args(tmp_path / "a", max_steps=4), train_dataset=dataset,
-                          processing_class=tokenizer)
+    straight = PRTTrainer(
+        base, args=make_args(tmp_path / "a", max_steps=4), train_dataset=dataset, processing_class=tokenizer
+    )
     straight.train()
     args = make_args(tmp_path / "b", max_steps=4, save_strategy="steps", save_steps=2)
     first = PRTTrainer(base, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -125,13 +161,18 @@ def test_checkpoint_resume_reaches_the_same_weights(tmp_path, tokenizer):
     assert (checkpoint / "prt_config.json").is_file() and (checkpoint / "README.md").is_file()
     resumed = PRTTrainer(base, args=args, train_dataset=dataset, processing_class=tokenizer)
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    for (name, p), q in zip(straight.model.named_parameters(), resumed.model.parameters()):
+    for (name, p), q in zip(straight.model.named_parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
 
 
 def test_loss_components_are_logged(tmp_path, tokenizer):
-    trainer = PRTTrainer(tiny_causal_lm(tokenizer), args=make_args(tmp_path), processing_class=tokenizer,
-                         train_dataset=padded_lm_dataset(tokenizer), prt_config=PRTConfig(entropy_weight=0.5))
+    trainer = PRTTrainer(
+        tiny_causal_lm(tokenizer),
+        args=make_args(tmp_path),
+        processing_class=tokenizer,
+        train_dataset=padded_lm_dataset(tokenizer),
+        prt_config=PRTConfig(entropy_weight=0.5),
+    )
     trainer.train()
     logged = trainer.state.log_history[0]
     assert {"prt_ce", "prt_reward_entropy"} <= set(logged)

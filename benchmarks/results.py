@@ -36,7 +36,9 @@ def write_section(name: str, markdown: str, path: Path = RESULTS) -> None:
     sections = "<!-- BEGIN " + body[1] if len(body) == 2 else ""
     block = f"<!-- BEGIN {name} -->\n{markdown.strip()}\n<!-- END {name} -->"
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
-    sections = pattern.sub(lambda _: block, sections) if pattern.search(sections) else (
-        sections.rstrip() + "\n\n" + block
-    ).strip()
+    sections = (
+        pattern.sub(lambda _: block, sections)
+        if pattern.search(sections)
+        else (sections.rstrip() + "\n\n" + block).strip()
+    )
     path.write_text(machine_header() + "\n" + sections + "\n", encoding="utf-8")

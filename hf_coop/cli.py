@@ -7,7 +7,12 @@ import importlib
 import sys
 
 # Modules exposing `add_subcommands(subparsers)`; each subcommand sets `func(args) -> int | None`.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("hf_coop.scoring",)
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "hf_coop.scoring",
+    "hf_coop.demo",
+    "hf_coop.slt.cli",
+    "hf_coop.prt.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

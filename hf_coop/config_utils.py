@@ -62,7 +62,9 @@ class CoopConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            logger.warning("%s: ignoring unknown keys %s (written by a newer hf_coop?)", cls.__name__, unknown)
+            logger.warning(
+                "%s: ignoring unknown keys %s (written by a newer hf_coop?)", cls.__name__, unknown
+            )
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
@@ -93,7 +95,9 @@ def fingerprint(payload: Any) -> str:
 def vocab_fingerprint(tokenizer) -> str:
     """Identifies a tokenizer's vocabulary: token strings by id and the special tokens."""
     vocab = tokenizer.get_vocab()
-    return fingerprint({"tokens": sorted(vocab.items(), key=lambda kv: kv[1]), "special": tokenizer.all_special_ids})
+    return fingerprint(
+        {"tokens": sorted(vocab.items(), key=lambda kv: kv[1]), "special": tokenizer.all_special_ids}
+    )
 
 
 def labels_fingerprint(id2label: dict[int, str]) -> str:

@@ -1,0 +1,32 @@
+import json
+
+from hf_coop.cli import main
+
+
+def _tiny_model_folder(tmp_path, tokenizer):
+    from hf_coop.testing import tiny_causal_lm
+
+    tiny_causal_lm(tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_score_prints_json(tmp_path, capsys, byte_level_tokenizer):
+    folder = _tiny_model_folder(tmp_path, byte_level_tokenizer)
+    assert main(["score", "--model", folder, "--json", "Hello world"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_bytes"] == 11 and out["nats"] < 0 and out["bits_per_byte"] > 0
+    assert out["canonical_nats"] == out["nats"]
+
+
+def test_score_reads_a_file_and_reports_bad_input(tmp_path, capsys, byte_level_tokenizer):
+    folder = _tiny_model_folder(tmp_path / "m", byte_level_tokenizer)
+    text = tmp_path / "t.txt"
+    text.write_text("A text from a file.", encoding="utf-8")
+    assert main(["score", "--model", folder, "--file", str(text)]) == 0
+    assert "bits/byte" in capsys.readouterr().out
+    text.write_bytes(b"\xff\xfe bad")
+    assert main(["score", "--model", folder, "--file", str(text)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    assert main(["score", "--model", str(tmp_path), "x"]) == 2
+    assert "not a Hugging Face model" in capsys.readouterr().err

@@ -2,14 +2,9 @@
 
 __version__ = "0.1.0"
 
-from .slt import (  # noqa: E402
-    FrozenSLTConfig,
-    FrozenSLTModel,
-    apply_frozen_slt,
-    inspect_checkpoint,
-)
 from .prt import (  # noqa: E402
     EFTLogitsProcessor,
+    ProxyTuningLogitsProcessor,
     PRTConfig,
     PRTLogitsProcessor,
     PRTModel,
@@ -17,5 +12,11 @@ from .prt import (  # noqa: E402
     PRTRewardModel,
     PRTTrainer,
     PRTTrainingArguments,
-    ProxyTuningLogitsProcessor,
+)
+from .slt import (  # noqa: E402
+    FrozenSLTCallback,
+    FrozenSLTConfig,
+    FrozenSLTModel,
+    apply_frozen_slt,
+    inspect_checkpoint,
 )

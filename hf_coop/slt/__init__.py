@@ -5,11 +5,13 @@ supermask layers over frozen random weights regenerated from a seed; training mo
 ticket is saved as the config, one bit per free weight and the declared dense extras.
 """
 
+from .callback import FrozenSLTCallback
 from .config import FrozenSLTConfig
 from .layer import SupermaskConv1D, SupermaskConv2d, SupermaskLayer, SupermaskLinear
 from .model import FrozenSLTModel, apply_frozen_slt, inspect_checkpoint
 
 __all__ = [
+    "FrozenSLTCallback",
     "FrozenSLTConfig",
     "FrozenSLTModel",
     "SupermaskConv1D",

@@ -19,8 +19,8 @@ class PRTTrainer(Trainer):
 
     Loss (arXiv 2502.12776): `CE(log_softmax(f_base(x)) + r_θ(x)/λ, y) − α·H(softmax(r_θ(x)))`, per shifted
     position over the tokenizer's length for causal LMs (labels −100 are ignored), over the labels for
-    classifiers. The base runs in eval mode without gradients, is placed on the device by accelerate and is
-    never handed to the optimizer. The loss is a sum over label tokens divided by `num_items_in_batch`, so
+    classifiers. The base is put in eval mode with `requires_grad=False` (in place), is placed on the device
+    by accelerate and is never handed to the optimizer. The loss is a sum over label tokens divided by `num_items_in_batch`, so
     gradient accumulation equals one large batch, also across processes.
 
     Args:

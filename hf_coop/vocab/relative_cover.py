@@ -1,0 +1,261 @@
+"""The relative-cover recursion of lossless vocabulary reduction (arXiv 2510.08102, shared/DESIGN.md §1).
+
+State after a sub-token prefix `y_1..k`: a set of *hypotheses* `(h, range, depth)`. `h` is a boundary
+history (original tokens whose nested tokenization ends exactly at some `y_j`, with its log-probability
+`logw` and the model's next-token distribution), and `range` is the contiguous trie range of next tokens
+`u` whose split `τ(u)` starts with `y_{j+1..k}` (the `depth = k - j` sub-tokens spelled so far) and goes
+on. Then
+
+    Π(y_1..k) = Σ_hyp exp(logw) · Σ_{u in range} p(u | h),
+    p(y_{k+1} | y_1..k) = Σ_hyp exp(logw) · Σ_{u in range, τ(u)[depth] = y_{k+1}} p(u | h) / Π(y_1..k).
+
+Advancing by `y_{k+1}` narrows each range to its child (a binary search, since tokens are sorted by split);
+tokens whose split ends there become new boundary histories `h + u`, and only those call the model.
+A sub-token inside a long token costs bookkeeping only.
+
+Approximations, all of them accounted for in `truncated_logmass` (the log of the probability mass dropped,
+so the exact prefix probability lies in [kept, kept + truncated]):
+  - `top_k`: each boundary keeps its K most likely next tokens (the paper's K-LVR; K=1 is greedy);
+  - `max_hypotheses` / `prune_ratio`: hypotheses whose mass is far below the best are dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import math
+from collections import defaultdict
+
+import torch
+
+from hf_coop.vocab.sub_vocabulary import NestedTable
+
+NEG_INF = float("-inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoverSettings:
+    """How far the recursion may be truncated; the defaults are exact."""
+
+    top_k: int | None = None  # next tokens kept per boundary history (None: all)
+    max_hypotheses: int | None = None  # live hypotheses kept per step (None: all)
+    prune_ratio: float = 0.0  # drop hypotheses lighter than prune_ratio × the heaviest
+
+    def __post_init__(self):
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.max_hypotheses is not None and self.max_hypotheses < 1:
+            raise ValueError(f"max_hypotheses must be >= 1 or None, got {self.max_hypotheses}")
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ValueError(f"prune_ratio must be in [0, 1), got {self.prune_ratio}")
+
+
+class History:
+    """A boundary history: the original token ids, log p(ids after the prompt), and once evaluated its KV
+    cache and kept next tokens (`cand_pos`: sorted trie positions; `cand_logp`: their log-probs)."""
+
+    __slots__ = ("token_ids", "logw", "parent", "cache", "cand_pos", "cand_logp")
+
+    def __init__(self, token_ids: list[int], logw: float, parent: History | None = None):
+        self.token_ids = token_ids
+        self.logw = logw
+        self.parent = parent
+        self.cache = None
+        self.cand_pos: torch.Tensor | None = None
+        self.cand_logp: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class Hypothesis:
+    history: History
+    lo: int  # range [lo, hi) into history.cand_pos / cand_logp
+    hi: int
+    depth: int
+    logmass: float  # logw + log Σ_{u in range} p(u | h)
+
+
+class ModelRunner:
+    """Calls the original causal LM for boundary histories, reusing the parent's KV cache."""
+
+    def __init__(self, model: torch.nn.Module, nested: NestedTable):
+        self.model = model
+        self.nested = nested
+        params = inspect.signature(model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.forward_calls = 0  # batched model calls
+        self.evaluated = 0  # histories evaluated
+
+    def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits[..., : self.nested.vocab_size]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if torch.isnan(logits).any():
+            raise ValueError("the model produced NaN logits; check its dtype (fp16 overflow?) and weights")
+        return torch.log_softmax(logits, dim=-1)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, cache) -> tuple[torch.Tensor, object]:
+        self.forward_calls += 1
+        past = cache.get_seq_length() if cache is not None else 0
+        kwargs = {self.cache_kwarg: cache} if cache is not None else {}
+        device = self.model.device
+        mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long, device=device)
+        out = self.model(input_ids=input_ids.to(device), attention_mask=mask, use_cache=True, **kwargs)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return self._logprobs(out.logits[:, -1]).cpu(), cache
+
+    def evaluate_prompt(self, history: History) -> torch.Tensor:
+        logprobs, history.cache = self.forward(torch.tensor([history.token_ids]), None)
+        self.evaluated += 1
+        return logprobs[0]
+
+    def evaluate_children(self, parent: History, children: list[History], steal: bool) -> list[torch.Tensor]:
+        """Forward each child's last token on the parent's cache, batched; `steal` lets the last use it."""
+        cache = parent.cache if steal and len(children) == 1 else copy.deepcopy(parent.cache)
+        if steal:
+            parent.cache = None
+        if len(children) > 1:
+            cache.batch_repeat_interleave(len(children))
+        tokens = torch.tensor([[child.token_ids[-1]] for child in children])
+        logprobs, cache = self.forward(tokens, cache)
+        self.evaluated += len(children)
+        if len(children) == 1:
+            children[0].cache = cache
+        else:
+            for row, child in enumerate(children):
+                child.cache = copy.deepcopy(cache)
+                child.cache.batch_select_indices(torch.tensor([row]))
+        return list(logprobs)
+
+
+def logaddexp(a: float, b: float) -> float:
+    if a == NEG_INF or b == NEG_INF:
+        return max(a, b)
+    top = max(a, b)
+    return top + math.log1p(math.exp(-abs(a - b)))
+
+
+def _logsumexp(values: torch.Tensor) -> float:
+    return torch.logsumexp(values, 0).item() if values.numel() else NEG_INF
+
+
+class CoverState:
+    """The recursion for one sequence: `next_logprobs()` over sub-tokens, `advance(sub_id)`."""
+
+    def __init__(self, runner: ModelRunner, prompt_ids: list[int], settings: CoverSettings):
+        self.runner = runner
+        self.nested = runner.nested
+        self.settings = settings
+        self.truncated_logmass = NEG_INF
+        self.finished = False
+        root = History(list(prompt_ids), 0.0)
+        self.hypotheses: list[Hypothesis] = []
+        self._attach(root, runner.evaluate_prompt(root))
+
+    # -- bookkeeping -------------------------------------------------------------------------------------
+    def _drop(self, logmass: float) -> None:
+        self.truncated_logmass = logaddexp(self.truncated_logmass, logmass)
+
+    def _attach(self, history: History, logprobs: torch.Tensor) -> None:
+        """Keep the history's next tokens (all, or its top-K) and add its depth-0 hypothesis."""
+        nested = self.nested
+        k = self.settings.top_k
+        if k is None or k >= logprobs.numel():
+            history.cand_pos = torch.arange(logprobs.numel())
+            history.cand_logp = logprobs[nested.order]
+            kept = 0.0
+        else:
+            top = torch.topk(logprobs, k)
+            pos, perm = torch.sort(nested.position[top.indices])
+            history.cand_pos, history.cand_logp = pos, top.values[perm]
+            kept = _logsumexp(top.values)
+            if kept < 0.0:
+                self._drop(history.logw + math.log(-math.expm1(kept)))
+        self.hypotheses.append(Hypothesis(history, 0, len(history.cand_pos), 0, history.logw + kept))
+
+    @property
+    def kept_logmass(self) -> float:
+        """log Π of the kept hypotheses: the prefix probability they account for."""
+        return _logsumexp(torch.tensor([h.logmass for h in self.hypotheses], dtype=torch.float64))
+
+    # -- the recursion -----------------------------------------------------------------------------------
+    def next_logprobs(self) -> torch.Tensor:
+        """log p(next sub-token | prefix) over all sub-token ids, normalised over the kept mass."""
+        values, keys = [], []
+        for hyp in self.hypotheses:
+            h = hyp.history
+            positions = h.cand_pos[hyp.lo : hyp.hi]
+            keys.append(self.nested.first_key[positions] if hyp.depth == 0 else self.nested.keys_at(positions, hyp.depth))
+            values.append(h.cand_logp[hyp.lo : hyp.hi].double() + h.logw)
+        values, keys = torch.cat(values), torch.cat(keys)
+        size = self.nested.num_sub_tokens
+        peak = torch.full((size,), NEG_INF, dtype=torch.float64).scatter_reduce(0, keys, values, "amax")
+        safe_peak = torch.where(torch.isinf(peak), 0.0, peak)
+        sums = torch.zeros(size, dtype=torch.float64).scatter_add(0, keys, torch.exp(values - safe_peak[keys]))
+        logp = torch.log(sums) + safe_peak
+        return logp - torch.logsumexp(logp, 0)
+
+    def advance(self, sub_id: int, evaluate: bool = True) -> None:
+        """Condition on the next sub-token; new boundary histories are forwarded unless `evaluate=False`."""
+        nested = self.nested
+        survivors: list[Hypothesis] = []
+        born: list[History] = []
+        for hyp in self.hypotheses:
+            h = hyp.history
+            positions = h.cand_pos[hyp.lo : hyp.hi]
+            keys = nested.first_key[positions] if hyp.depth == 0 else nested.keys_at(positions, hyp.depth)
+            lo = hyp.lo + int(torch.searchsorted(keys, sub_id, right=False))
+            hi = hyp.lo + int(torch.searchsorted(keys, sub_id, right=True))
+            if lo == hi:
+                continue
+            # Tokens whose split ends at this sub-token sort first: they become boundary histories.
+            ends = int((nested.tau_len[h.cand_pos[lo:hi]] == hyp.depth + 1).sum())
+            for p in range(lo, lo + ends):
+                token = int(nested.order[h.cand_pos[p]])
+                born.append(History(h.token_ids + [token], h.logw + float(h.cand_logp[p]), parent=h))
+            if lo + ends < hi:
+                mass = h.logw + _logsumexp(h.cand_logp[lo + ends : hi])
+                survivors.append(Hypothesis(h, lo + ends, hi, hyp.depth + 1, mass))
+        if not survivors and not born:
+            raise ValueError(
+                f"sub-token {sub_id} ({nested.sub_token_bytes(sub_id)!r}) has probability zero under the kept "
+                "hypotheses; with top_k or pruning, raise top_k / max_hypotheses (or use exact mode)"
+            )
+        self.hypotheses = survivors
+        born = self._prune(born)
+        if evaluate:
+            self._evaluate(born)
+        else:
+            self.hypotheses += [Hypothesis(b, 0, 0, 0, b.logw) for b in born]
+
+    def _prune(self, born: list[History]) -> list[History]:
+        """Keep the `max_hypotheses` heaviest hypotheses within `prune_ratio` of the best; count the rest."""
+        settings = self.settings
+        if settings.max_hypotheses is None and settings.prune_ratio == 0.0:
+            return born
+        entries = [(hyp.logmass, hyp) for hyp in self.hypotheses] + [(b.logw, b) for b in born]
+        entries.sort(key=lambda e: e[0], reverse=True)
+        limit = len(entries) if settings.max_hypotheses is None else settings.max_hypotheses
+        floor = entries[0][0] + math.log(settings.prune_ratio) if settings.prune_ratio > 0 else NEG_INF
+        kept_ids = set()
+        for rank, (logmass, entry) in enumerate(entries):
+            if rank < limit and logmass >= floor:
+                kept_ids.add(id(entry))
+            else:
+                self._drop(logmass)
+        self.hypotheses = [h for h in self.hypotheses if id(h) in kept_ids]
+        return [b for b in born if id(b) in kept_ids]
+
+    def _evaluate(self, born: list[History]) -> None:
+        if not born:
+            return
+        live_parents = {id(hyp.history) for hyp in self.hypotheses}
+        by_parent: dict[int, list[History]] = defaultdict(list)
+        for b in born:
+            by_parent[id(b.parent)].append(b)
+        for children in by_parent.values():
+            parent = children[0].parent
+            logprobs = self.runner.evaluate_children(parent, children, steal=id(parent) not in live_parents)
+            for child, lp in zip(children, logprobs):
+                child.parent = None  # free the parent (and its cache) once nothing else needs it
+                self._attach(child, lp)

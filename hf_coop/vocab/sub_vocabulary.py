@@ -1,0 +1,226 @@
+"""Sub-vocabularies and the nested table that splits each original token into sub-vocabulary tokens.
+
+A `SubVocabulary` is a set of byte strings that holds all 256 single bytes. For a given tokenizer it builds
+a `NestedTable`: the split `τ_sub(v)` of every original token into sub-token ids (deterministic and
+byte-preserving), arranged as a trie so that the tokens whose split starts with a given sub-token prefix
+form one contiguous range (the tokens sorted by their split). Control tokens (special tokens and tokens
+without text) become atomic sub-tokens of their own, so EOS and chat markers survive the reduction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from functools import cached_property
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from hf_coop.config_utils import fingerprint
+from hf_coop.vocab.token_bytes import TokenBytes, gpt2_unicode_to_byte, token_bytes
+
+ALL_BYTES = frozenset(bytes([b]) for b in range(256))
+
+
+class SubVocabularyError(ValueError):
+    """A sub-vocabulary that cannot hold a lossless reduction."""
+
+
+def _piece_bytes(piece: str, scheme: str) -> bytes | None:
+    """Bytes of a merge operand, in the tokenizer's own spelling (None if it spells no plain bytes)."""
+    if scheme == "byte_level":
+        table = gpt2_unicode_to_byte()
+        return bytes(table[c] for c in piece) if all(c in table for c in piece) else None
+    return piece.replace("▁", " ").encode("utf-8")
+
+
+def bpe_merges(tokenizer: PreTrainedTokenizerBase, table: TokenBytes) -> dict[bytes, tuple[bytes, bytes]]:
+    """For every token built by a BPE merge, its highest-priority producing merge, as byte strings."""
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges: dict[bytes, tuple[bytes, bytes]] = {}
+    for merge in model.get("merges", []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        a, b = _piece_bytes(left, table.scheme), _piece_bytes(right, table.scheme)
+        if a and b:
+            merges.setdefault(a + b, (a, b))
+    return merges
+
+
+@dataclasses.dataclass(frozen=True)
+class SubVocabulary:
+    """A set of byte strings containing every single byte; `name` says how it was built."""
+
+    strings: frozenset[bytes]
+    name: str = "custom"
+
+    def __post_init__(self):
+        missing = ALL_BYTES - self.strings
+        if missing:
+            examples = ", ".join(repr(b) for b in sorted(missing)[:5])
+            raise SubVocabularyError(
+                f"a sub-vocabulary must hold all 256 single bytes so every text stays reachable; "
+                f"{len(missing)} are missing (e.g. {examples}); add them, e.g. SubVocabulary.from_strings(...)"
+            )
+        if b"" in self.strings:
+            raise SubVocabularyError("the empty byte string cannot be a sub-vocabulary token")
+
+    @classmethod
+    def bytes_only(cls) -> SubVocabulary:
+        return cls(ALL_BYTES, "bytes")
+
+    @classmethod
+    def from_strings(cls, strings: Iterable[bytes | str], name: str = "custom") -> SubVocabulary:
+        """An explicit list of byte strings (str is UTF-8 encoded); all single bytes are added."""
+        encoded = {s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in strings}
+        return cls(frozenset(encoded - {b""}) | ALL_BYTES, name)
+
+    @classmethod
+    def max_bytes(cls, tokenizer: PreTrainedTokenizerBase, n: int) -> SubVocabulary:
+        """The tokenizer's tokens of at most `n` bytes, plus all single bytes."""
+        if n < 1:
+            raise SubVocabularyError(f"max-bytes needs n >= 1, got {n}")
+        table = token_bytes(tokenizer)
+        return cls(frozenset(b for b in table.byte_strings if b and len(b) <= n) | ALL_BYTES, f"max-bytes:{n}")
+
+    @classmethod
+    def parse(cls, spec: str, tokenizer: PreTrainedTokenizerBase) -> SubVocabulary:
+        """`bytes` or `max-bytes:N` (the CLI's spelling)."""
+        if spec == "bytes":
+            return cls.bytes_only()
+        if spec.startswith("max-bytes:") and spec.split(":", 1)[1].isdigit():
+            return cls.max_bytes(tokenizer, int(spec.split(":", 1)[1]))
+        raise SubVocabularyError(f"unknown sub-vocabulary {spec!r}; use 'bytes' or 'max-bytes:N'")
+
+    def ordered(self) -> list[bytes]:
+        """Sub-token ids: the 256 bytes first (id = byte value), then longer strings by (length, bytes)."""
+        longer = sorted((s for s in self.strings if len(s) > 1), key=lambda s: (len(s), s))
+        return [bytes([b]) for b in range(256)] + longer
+
+    def nested_table(self, tokenizer: PreTrainedTokenizerBase, split: str = "merges") -> NestedTable:
+        return NestedTable.build(tokenizer, self, split=split)
+
+
+def _longest_match_split(data: bytes, index: dict[bytes, int], max_len: int) -> list[int]:
+    out, i = [], 0
+    while i < len(data):
+        for size in range(min(max_len, len(data) - i), 0, -1):
+            sub_id = index.get(data[i : i + size])
+            if sub_id is not None:
+                out.append(sub_id)
+                i += size
+                break
+    return out
+
+
+@dataclasses.dataclass
+class NestedTable:
+    """`τ_sub` for every token of one tokenizer, as a trie in sorted-split order.
+
+    `order[p]` is the token at trie position p (tokens sorted by their split, shorter prefixes first);
+    `position[token]` inverts it. `tau_flat[tau_offset[p] : tau_offset[p] + tau_len[p]]` is the split of the
+    token at position p. Sub-token ids are `sub_strings` (bytes first), then one atomic id per control token.
+    """
+
+    sub_strings: list[bytes]
+    control_token_ids: list[int]  # original id of each atomic control sub-token, in sub-id order
+    vocab_size: int  # the tokenizer's length; output-head rows beyond it are masked
+    order: torch.Tensor
+    position: torch.Tensor
+    tau_flat: torch.Tensor
+    tau_offset: torch.Tensor
+    tau_len: torch.Tensor
+    table: TokenBytes
+    sub_name: str
+
+    @classmethod
+    def build(
+        cls, tokenizer: PreTrainedTokenizerBase, sub_vocab: SubVocabulary, split: str = "merges"
+    ) -> NestedTable:
+        """`split="merges"` undoes the tokenizer's own BPE merges until every piece is a sub-token (falling
+        back to longest match); `split="longest"` splits by greedy longest match from the left."""
+        if split not in ("merges", "longest"):
+            raise SubVocabularyError(f"split must be 'merges' or 'longest', got {split!r}")
+        table = token_bytes(tokenizer)
+        sub_strings = sub_vocab.ordered()
+        index = {s: i for i, s in enumerate(sub_strings)}
+        max_len = max(len(s) for s in sub_strings)
+        merges = bpe_merges(tokenizer, table) if split == "merges" else {}
+        control = [i for i, b in enumerate(table.byte_strings) if b is None]
+        control_sub = {tok: len(sub_strings) + k for k, tok in enumerate(control)}
+        memo: dict[bytes, list[int]] = {}
+
+        def split_bytes(data: bytes) -> list[int]:
+            if data in memo:
+                return memo[data]
+            if data in index:
+                result = [index[data]]
+            elif data in merges:
+                left, right = merges[data]
+                result = split_bytes(left) + split_bytes(right)
+            else:
+                result = _longest_match_split(data, index, max_len)
+            memo[data] = result
+            return result
+
+        taus = [[control_sub[i]] if b is None else split_bytes(b) for i, b in enumerate(table.byte_strings)]
+        order = sorted(range(len(taus)), key=lambda i: taus[i])
+        lengths = [len(taus[i]) for i in order]
+        offsets = [0]
+        for n in lengths:
+            offsets.append(offsets[-1] + n)
+        order_t = torch.tensor(order, dtype=torch.long)
+        position = torch.empty_like(order_t)
+        position[order_t] = torch.arange(len(order))
+        return cls(
+            sub_strings=sub_strings,
+            control_token_ids=control,
+            vocab_size=len(tokenizer),
+            order=order_t,
+            position=position,
+            tau_flat=torch.tensor([s for i in order for s in taus[i]], dtype=torch.long),
+            tau_offset=torch.tensor(offsets[:-1], dtype=torch.long),
+            tau_len=torch.tensor(lengths, dtype=torch.long),
+            table=table,
+            sub_name=sub_vocab.name,
+        )
+
+    @property
+    def num_sub_tokens(self) -> int:
+        return len(self.sub_strings) + len(self.control_token_ids)
+
+    @cached_property
+    def first_key(self) -> torch.Tensor:
+        """The first sub-token of every token, in trie order (sorted ascending)."""
+        return self.tau_flat[self.tau_offset]
+
+    @cached_property
+    def control_sub_id(self) -> dict[int, int]:
+        """Original control token id -> its atomic sub-token id."""
+        return {tok: len(self.sub_strings) + k for k, tok in enumerate(self.control_token_ids)}
+
+    def keys_at(self, positions: torch.Tensor, depth: int) -> torch.Tensor:
+        """Sub-token at `depth` of the tokens at trie `positions`; -1 where the split is shorter."""
+        has = self.tau_len[positions] > depth
+        idx = torch.where(has, self.tau_offset[positions] + depth, 0)
+        return torch.where(has, self.tau_flat[idx], -1)
+
+    def split(self, token_id: int) -> list[int]:
+        """`τ_sub(token)` as sub-token ids."""
+        p = int(self.position[token_id])
+        start = int(self.tau_offset[p])
+        return self.tau_flat[start : start + int(self.tau_len[p])].tolist()
+
+    def sub_token_bytes(self, sub_id: int) -> bytes | None:
+        return self.sub_strings[sub_id] if sub_id < len(self.sub_strings) else None
+
+    def decode(self, sub_ids: Iterable[int]) -> bytes:
+        """Bytes spelled by sub-token ids (control sub-tokens spell nothing)."""
+        return b"".join(self.sub_token_bytes(i) or b"" for i in sub_ids)
+
+    def encode_tokens(self, token_ids: Iterable[int]) -> list[int]:
+        """The nested tokenization `T(v_1..v_n) = τ(v_1) ⊕ … ⊕ τ(v_n)`."""
+        return [s for t in token_ids for s in self.split(int(t))]
+
+    def fingerprint(self) -> str:
+        return fingerprint({"sub": [s.hex() for s in self.sub_strings], "control": self.control_token_ids})

@@ -105,7 +105,7 @@ class SupermaskLayer(nn.Module):
         self.kept_free = int(kept_free)
 
     def free_mask(self) -> torch.Tensor:
-        """Hard 0/1 mask over the free positions (float, no gradient)."""
+        """Boolean top-k mask over the free positions (no gradient)."""
         top = torch.zeros_like(self.scores, dtype=torch.bool)
         if self.kept_free:
             top[self.scores.detach().abs().topk(self.kept_free, sorted=False).indices] = True

@@ -407,7 +407,7 @@ def _layer_stats(layer: SupermaskLayer) -> dict[str, Any]:
     }
 
 
-def _sha256(file: str | os.PathLike) -> str | None:
+def _sha256(file: str | os.PathLike) -> str:
     if not os.path.isfile(file):
         raise ArtifactError(f"{file} is missing: the ticket folder is incomplete")
     with open(file, "rb") as f:

@@ -45,7 +45,9 @@ def prefix_logprob(
     data = check_text(text)
     nested = nested or SubVocabulary.bytes_only().nested_table(tokenizer)
     if nested.sub_name != "bytes":
-        raise ValueError("prefix_logprob steps byte by byte: pass a nested table of SubVocabulary.bytes_only()")
+        raise ValueError(
+            "prefix_logprob steps byte by byte: pass a nested table of SubVocabulary.bytes_only()"
+        )
     runner = ModelRunner(model, nested)
     state = CoverState(runner, [start_token_id(tokenizer)], CoverSettings(None, max_hypotheses, prune_ratio))
     for i in tqdm(range(len(data)), desc="marginal", unit="B", disable=not progress):

@@ -55,7 +55,7 @@ class History:
     """A boundary history: the original token ids, log p(ids after the prompt), and once evaluated its KV
     cache and kept next tokens (`cand_pos`: sorted trie positions; `cand_logp`: their log-probs)."""
 
-    __slots__ = ("token_ids", "logw", "parent", "cache", "cand_pos", "cand_logp")
+    __slots__ = ("token_ids", "logw", "parent", "cache", "cand_pos", "cand_logp", "shared")
 
     def __init__(self, token_ids: list[int], logw: float, parent: History | None = None):
         self.token_ids = token_ids
@@ -64,6 +64,7 @@ class History:
         self.cache = None
         self.cand_pos: torch.Tensor | None = None
         self.cand_logp: torch.Tensor | None = None
+        self.shared = False  # reachable from several states (forked rows): its cache is copied, never taken
 
 
 @dataclasses.dataclass
@@ -111,6 +112,7 @@ class ModelRunner:
 
     def evaluate_children(self, parent: History, children: list[History], steal: bool) -> list[torch.Tensor]:
         """Forward each child's last token on the parent's cache, batched; `steal` lets the last use it."""
+        steal = steal and not parent.shared
         cache = parent.cache if steal and len(children) == 1 else copy.deepcopy(parent.cache)
         if steal:
             parent.cache = None
@@ -142,8 +144,15 @@ def _logsumexp(values: torch.Tensor) -> float:
 class CoverState:
     """The recursion for one sequence: `next_logprobs()` over sub-tokens, `advance(sub_id)`."""
 
-    def __init__(self, runner: ModelRunner, prompt_ids: list[int], settings: CoverSettings):
+    def __init__(
+        self,
+        runner: ModelRunner,
+        prompt_ids: list[int],
+        settings: CoverSettings,
+        eos_sub_ids: list[int] | None = None,
+    ):
         self.runner = runner
+        self.eos_sub_ids = set(eos_sub_ids or ())
         self.nested = runner.nested
         self.settings = settings
         self.truncated_logmass = NEG_INF
@@ -151,6 +160,21 @@ class CoverState:
         root = History(list(prompt_ids), 0.0)
         self.hypotheses: list[Hypothesis] = []
         self._attach(root, runner.evaluate_prompt(root))
+
+    def fork(self) -> CoverState:
+        """An independent copy for a second row continuing the same prefix (histories are shared)."""
+        twin = copy.copy(self)
+        twin.hypotheses = [dataclasses.replace(h) for h in self.hypotheses]
+        for hyp in self.hypotheses:
+            hyp.history.shared = True
+        return twin
+
+    def advance_or_finish(self, sub_id: int) -> None:
+        """`advance`, except that an end-of-sequence sub-token finishes the sequence (no forward)."""
+        if sub_id in self.eos_sub_ids:
+            self.finished = True
+        else:
+            self.advance(sub_id)
 
     # -- bookkeeping -------------------------------------------------------------------------------------
     def _drop(self, logmass: float) -> None:
@@ -185,13 +209,19 @@ class CoverState:
         for hyp in self.hypotheses:
             h = hyp.history
             positions = h.cand_pos[hyp.lo : hyp.hi]
-            keys.append(self.nested.first_key[positions] if hyp.depth == 0 else self.nested.keys_at(positions, hyp.depth))
+            keys.append(
+                self.nested.first_key[positions]
+                if hyp.depth == 0
+                else self.nested.keys_at(positions, hyp.depth)
+            )
             values.append(h.cand_logp[hyp.lo : hyp.hi].double() + h.logw)
         values, keys = torch.cat(values), torch.cat(keys)
         size = self.nested.num_sub_tokens
         peak = torch.full((size,), NEG_INF, dtype=torch.float64).scatter_reduce(0, keys, values, "amax")
         safe_peak = torch.where(torch.isinf(peak), 0.0, peak)
-        sums = torch.zeros(size, dtype=torch.float64).scatter_add(0, keys, torch.exp(values - safe_peak[keys]))
+        sums = torch.zeros(size, dtype=torch.float64).scatter_add(
+            0, keys, torch.exp(values - safe_peak[keys])
+        )
         logp = torch.log(sums) + safe_peak
         return logp - torch.logsumexp(logp, 0)
 
@@ -229,18 +259,21 @@ class CoverState:
             self.hypotheses += [Hypothesis(b, 0, 0, 0, b.logw) for b in born]
 
     def _prune(self, born: list[History]) -> list[History]:
-        """Keep the `max_hypotheses` heaviest hypotheses within `prune_ratio` of the best; count the rest."""
+        """Keep the heaviest hypotheses (at most `max_hypotheses`, within `prune_ratio` of the best) and,
+        whatever their weight, the best one per depth (i.e. per history end position), so the set never
+        empties: a fresh boundary can spell any byte. Dropped masses are counted."""
         settings = self.settings
         if settings.max_hypotheses is None and settings.prune_ratio == 0.0:
             return born
-        entries = [(hyp.logmass, hyp) for hyp in self.hypotheses] + [(b.logw, b) for b in born]
+        entries = [(hyp.logmass, hyp.depth, hyp) for hyp in self.hypotheses] + [(b.logw, 0, b) for b in born]
         entries.sort(key=lambda e: e[0], reverse=True)
         limit = len(entries) if settings.max_hypotheses is None else settings.max_hypotheses
         floor = entries[0][0] + math.log(settings.prune_ratio) if settings.prune_ratio > 0 else NEG_INF
-        kept_ids = set()
-        for rank, (logmass, entry) in enumerate(entries):
-            if rank < limit and logmass >= floor:
+        kept_ids, depths_kept = set(), set()
+        for rank, (logmass, depth, entry) in enumerate(entries):
+            if (rank < limit and logmass >= floor) or depth not in depths_kept:
                 kept_ids.add(id(entry))
+                depths_kept.add(depth)
             else:
                 self._drop(logmass)
         self.hypotheses = [h for h in self.hypotheses if id(h) in kept_ids]

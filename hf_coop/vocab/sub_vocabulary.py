@@ -81,7 +81,9 @@ class SubVocabulary:
         if n < 1:
             raise SubVocabularyError(f"max-bytes needs n >= 1, got {n}")
         table = token_bytes(tokenizer)
-        return cls(frozenset(b for b in table.byte_strings if b and len(b) <= n) | ALL_BYTES, f"max-bytes:{n}")
+        return cls(
+            frozenset(b for b in table.byte_strings if b and len(b) <= n) | ALL_BYTES, f"max-bytes:{n}"
+        )
 
     @classmethod
     def parse(cls, spec: str, tokenizer: PreTrainedTokenizerBase) -> SubVocabulary:

@@ -159,15 +159,19 @@ def parameter_mb(*models) -> float:
     return sum(p.numel() * p.element_size() for m in models for p in m.parameters()) / 2**20
 
 
-def time_per_batch(forward, images: torch.Tensor, repeats: int) -> float:
+def interleaved_ms_per_batch(forwards: dict, images: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median wall time per batch for each forward; rounds alternate between methods so that load from
+    other processes on a shared machine hits every method alike."""
+    times: dict[str, list[float]] = {name: [] for name in forwards}
     with torch.no_grad():
-        forward(images)  # warm-up
-        times = []
+        for forward in forwards.values():
+            forward(images)  # warm-up
         for _ in range(repeats):
-            start = time.perf_counter()
-            forward(images)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+            for name, forward in forwards.items():
+                start = time.perf_counter()
+                forward(images)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -246,16 +250,14 @@ def main(argv: list[str] | None = None) -> str:
             accuracies.setdefault(name, {})[task] = accuracy(predict_log_probs(forward, shifted_test), test_y)
 
     batch = shifted_test[:256]
-    repeats = 3 if args.fast else 30
-    timing = [
-        ("new base alone", time_per_batch(logits_of(new_base), batch, repeats), parameter_mb(new_base)),
-        ("PRT (new + reward)", time_per_batch(prt_forward, batch, repeats), parameter_mb(new_base, reward)),
-        (
-            "EFT (new + old fine-tuned + old)",
-            time_per_batch(eft_forward, batch, repeats),
-            parameter_mb(new_base, old_finetuned, old_base),
-        ),
-    ]
+    repeats = 3 if args.fast else 50
+    held = {
+        "new base alone": (logits_of(new_base), (new_base,)),
+        "PRT (new + reward)": (prt_forward, (new_base, reward)),
+        "EFT (new + old fine-tuned + old)": (eft_forward, (new_base, old_finetuned, old_base)),
+    }
+    ms = interleaved_ms_per_batch({name: f for name, (f, _) in held.items()}, batch, repeats)
+    timing = [(name, ms[name], parameter_mb(*models)) for name, (_, models) in held.items()]
     prt_ms, eft_ms = timing[1][1], timing[2][1]
     minutes = (time.time() - started) / 60
 
@@ -281,8 +283,8 @@ def main(argv: list[str] | None = None) -> str:
             for name, acc in accuracies.items()
         ],
         "",
-        f"Inference on one batch of 256 images (median of {repeats}, 1 thread) and parameter memory of the "
-        "models held:",
+        f"Inference on one batch of 256 images (median of {repeats} interleaved rounds, 1 thread) and parameter "
+        "memory of the models held:",
         "",
         "| method | ms / batch | parameters (MiB) |",
         "|---|---|---|",

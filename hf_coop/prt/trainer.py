@@ -95,6 +95,11 @@ class PRTTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         inputs = dict(inputs)
+        if "labels" not in inputs:
+            raise ValueError(
+                "PRTTrainer needs `labels` in every batch (for causal LMs: the input ids, -100 where no loss "
+                "is wanted, e.g. via DataCollatorForLanguageModeling(tokenizer, mlm=False))"
+            )
         labels = inputs.pop("labels")
         reward_logits = model(**inputs).logits
         with torch.no_grad():

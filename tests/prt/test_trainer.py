@@ -177,3 +177,12 @@ def test_loss_components_are_logged(tmp_path, tokenizer):
     logged = trainer.state.log_history[0]
     assert {"prt_ce", "prt_reward_entropy"} <= set(logged)
     assert logged["loss"] == pytest.approx(logged["prt_ce"] - 0.5 * logged["prt_reward_entropy"], rel=1e-4)
+
+
+def test_batches_without_labels_are_refused_clearly(tmp_path, tokenizer):
+    dataset = padded_lm_dataset(tokenizer).remove_columns("labels")
+    trainer = PRTTrainer(
+        tiny_causal_lm(tokenizer), args=make_args(tmp_path), train_dataset=dataset, processing_class=tokenizer
+    )
+    with pytest.raises(ValueError, match="needs `labels`"):
+        trainer.train()

@@ -168,3 +168,13 @@ def test_eft_processor_equals_hand_computed_first_step(new_base, source_base, re
     )
     expected = F.log_softmax(F.log_softmax(new, -1) + F.log_softmax(ft, -1) - F.log_softmax(base, -1), -1)
     torch.testing.assert_close(out.scores[0][:, :vocab], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_processor_follows_rows_expanded_by_num_return_sequences(new_base, reward, tokenizer, prompts):
+    processor = PRTLogitsProcessor(reward, attention_mask=prompts.attention_mask, vocab_size=len(tokenizer))
+    model = PRTModel(new_base, reward, vocab_size=len(tokenizer))
+    sample = {"max_new_tokens": STEPS, "do_sample": True, "top_k": 0, "num_return_sequences": 3}
+    torch.manual_seed(11)
+    with_processor = new_base.generate(**prompts, logits_processor=[processor], **sample)
+    torch.manual_seed(11)
+    assert torch.equal(with_processor, model.generate(**prompts, **sample))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,20 @@ from .config import PRTConfig
 
 MODEL_CARD_TEMPLATE = "prt_reward_model.md"
 ADAPTER_CONFIG = "adapter_config.json"
+
+
+def auto_model_class(task_type: str, path: str | os.PathLike | None = None):
+    """The class that loads a model of this PRT task type: the architecture named in `path`'s config.json
+    when there is one (so image classifiers load too), else the causal-LM / sequence-classification Auto
+    class."""
+    if path is not None and os.path.isfile(os.path.join(path, "config.json")):
+        import transformers
+
+        architectures = json.loads(Path(path, "config.json").read_text(encoding="utf-8")).get("architectures")
+        model_class = getattr(transformers, (architectures or [""])[0], None)
+        if model_class is not None:
+            return model_class
+    return AutoModelForCausalLM if task_type == "causal_lm" else AutoModelForSequenceClassification
 
 
 def _usage_snippet(config: PRTConfig) -> str:
@@ -164,7 +179,6 @@ class PRTRewardModel(
                 local_files_only=local_files_only,
             )
         config = PRTConfig.from_pretrained(path)
-        auto = AutoModelForCausalLM if config.task_type == "causal_lm" else AutoModelForSequenceClassification
         if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
             from peft import PeftModel
 
@@ -175,12 +189,13 @@ class PRTRewardModel(
                     )
                 from ..models import resolve_model_path  # demo model names map to converted folders
 
-                base_model = auto.from_pretrained(
-                    resolve_model_path(config.base_model_name_or_path), **model_kwargs
+                base_path = resolve_model_path(config.base_model_name_or_path)
+                base_model = auto_model_class(config.task_type, base_path).from_pretrained(
+                    base_path, **model_kwargs
                 )
             model = PeftModel.from_pretrained(base_model, path)
         else:
-            model = auto.from_pretrained(path, **model_kwargs)
+            model = auto_model_class(config.task_type, path).from_pretrained(path, **model_kwargs)
         model.eval()
         _check_saved_consistency(config, model, path)
         reward = cls(model, config)

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer
 
 from .config import PRTConfig, PRTTrainingArguments
 from .core import check_finite, prt_log_probs, reward_entropy
-from .reward_model import reward_config_from_models, write_reward_metadata
+from .reward_model import auto_model_class, reward_config_from_models, write_reward_metadata
 
 
 class PRTTrainer(Trainer):
@@ -47,23 +47,14 @@ class PRTTrainer(Trainer):
             args = PRTTrainingArguments(output_dir=f"{str(name).split('/')[-1]}-prt")
         init_kwargs = getattr(args, "base_model_init_kwargs", None) or {}
         if isinstance(base_model, str):
-            auto = (
-                AutoModelForSequenceClassification
-                if prt_config is not None and prt_config.task_type == "classification"
-                else AutoModelForCausalLM
-            )
-            base_model = auto.from_pretrained(base_model, **init_kwargs)
+            task_type = prt_config.task_type if prt_config is not None else "causal_lm"
+            base_model = auto_model_class(task_type).from_pretrained(base_model, **init_kwargs)
         if prt_config is None:
             prt_config = PRTConfig(task_type="causal_lm" if base_model.can_generate() else "classification")
         if model is None:
             model = copy.deepcopy(base_model).requires_grad_(True)  # the base may already be frozen
         elif isinstance(model, str):
-            auto = (
-                AutoModelForCausalLM
-                if prt_config.task_type == "causal_lm"
-                else AutoModelForSequenceClassification
-            )
-            model = auto.from_pretrained(model, **init_kwargs)
+            model = auto_model_class(prt_config.task_type).from_pretrained(model, **init_kwargs)
         if model is base_model:
             raise ValueError(
                 "the reward model must be a separate copy of the base (pass model=None to copy it)"

@@ -110,3 +110,27 @@ def test_push_to_hub_uploads_weights_config_and_card(tmp_path, tokenizer, source
     assert uploaded["repo_id"] == "me/tiny-prt-reward"
     assert {"model.safetensors", "prt_config.json", "README.md"} <= set(uploaded)
     assert b"Portable Reward Tuning" in uploaded["README.md"]
+
+
+def test_image_classifier_reward_round_trips(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    labels = {0: "shirt", 1: "shoe", 2: "bag"}
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        id2label=labels,
+    )
+    model = ViTForImageClassification(config).eval()
+    prt_config = PRTConfig(task_type="classification", id2label=labels)
+    PRTRewardModel(model, prt_config).save_pretrained(tmp_path)
+    loaded = PRTRewardModel.from_pretrained(tmp_path, id2label=labels)
+    pixels = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)

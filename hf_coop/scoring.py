@@ -134,24 +134,47 @@ def _run_score(args: argparse.Namespace) -> int:
     text = read_text_argument(args.text, args.file)
     check_text(text)
     model, tokenizer = load_model(args.model)
-    result = {
-        "model": args.model,
-        **_prefixed(
-            canonical_logprob(model, tokenizer, text, window=args.window, progress=not args.json),
-            "canonical_",
-        ),
-    }
+    progress = not args.json
+    args.top_k = args.top_k or None
+    result = {"model": args.model}
     result.update(
-        nats=result["canonical_nats"],
-        bits_per_byte=result["canonical_bits_per_byte"],
-        n_bytes=result["canonical_n_bytes"],
+        _prefixed(
+            canonical_logprob(model, tokenizer, text, window=args.window, progress=progress), "canonical_"
+        )
     )
+    result.update(nats=result["canonical_nats"], bits_per_byte=result["canonical_bits_per_byte"])
+    if args.marginal or args.sub_vocab:
+        from hf_coop.vocab.marginal import canonical_sub_sequence_logprob, prefix_logprob
+        from hf_coop.vocab.sub_vocabulary import SubVocabulary
+
+        marginal = prefix_logprob(model, tokenizer, text, args.top_k, args.prune_ratio, progress=progress)
+        result.update(_prefixed(marginal, "marginal_"))
+        result.update(
+            nats=marginal.nats, bits_per_byte=marginal.bits_per_byte, truncated_mass=marginal.truncated_mass
+        )
+        if args.sub_vocab:
+            nested = SubVocabulary.parse(args.sub_vocab, tokenizer).nested_table(tokenizer)
+            reduced = canonical_sub_sequence_logprob(
+                model, tokenizer, text, nested, args.top_k, args.prune_ratio, progress
+            )
+            result.update(sub_vocab=args.sub_vocab, **_prefixed(reduced, "reduced_canonical_"))
+    result["n_bytes"] = len(text.encode("utf-8"))
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print(f"{args.model}: {result['n_bytes']} bytes, {result['canonical_n_tokens']} tokens")
+        return 0
+    print(f"{args.model}: {result['n_bytes']} bytes, {result['canonical_n_tokens']} tokens")
+    lines = [("canonical tokenization", "canonical_")]
+    if "marginal_nats" in result:
+        lines.append(("all tokenizations (prefix)", "marginal_"))
+    if "reduced_canonical_nats" in result:
+        lines.append((f"canonical {args.sub_vocab} sequence", "reduced_canonical_"))
+    for label, prefix in lines:
         print(
-            f"  canonical log-prob {result['canonical_nats']:.3f} nats, {result['canonical_bits_per_byte']:.4f} bits/byte"
+            f"  {label:<30} {result[prefix + 'nats']:12.3f} nats  {result[prefix + 'bits_per_byte']:.4f} bits/byte"
+        )
+    if "truncated_mass" in result:
+        print(
+            f"  pruned probability mass {result['truncated_mass']:.3e} (exact log-prob ≤ {result['marginal_upper_nats']:.3f})"
         )
     return 0
 
@@ -168,5 +191,24 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--file", help="read the text from this UTF-8 file")
     p.add_argument("--model", default=DEFAULT_MODEL, help="demo model name, local folder or hub id")
     p.add_argument("--window", type=int, default=1024, help="tokens per scoring window for long texts")
+    p.add_argument(
+        "--marginal", action="store_true", help="also the prefix log-prob summed over all tokenizations"
+    )
+    p.add_argument(
+        "--sub-vocab",
+        help="'bytes' or 'max-bytes:N': also score over this reduced vocabulary (implies --marginal)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=256,
+        help="hypotheses carried per step by the marginal/reduced scorers (K-LVR); 0 = no cap (exact, can be slow)",
+    )
+    p.add_argument(
+        "--prune-ratio",
+        type=float,
+        default=1e-8,
+        help="drop hypotheses lighter than this fraction of the heaviest; the dropped mass is reported",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=_run_score)

@@ -7,7 +7,8 @@ SentencePiece BPE with `▁` for spaces and `<0xNN>` byte fallback.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import json
+from functools import cache
 from importlib import resources
 
 import torch
@@ -43,7 +44,7 @@ def tiny_corpus() -> list[str]:
     return bundled_passage().split("\n") + TINY_CORPUS_EXTRA
 
 
-@lru_cache(maxsize=None)
+@cache
 def _byte_level_bpe(vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -71,7 +72,7 @@ def tiny_byte_level_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     return tok
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sentencepiece_bpe(vocab_size: int) -> str:
     """Train a Metaspace BPE on a restricted alphabet, then rebuild it with `<0xNN>` byte fallback."""
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -86,7 +87,7 @@ def _sentencepiece_bpe(vocab_size: int) -> str:
     )
     trainer_tok.train_from_iterator(tiny_corpus(), trainer)
     trained = trainer_tok.get_vocab()
-    merges = [tuple(m) for m in __import__("json").loads(trainer_tok.to_str())["model"]["merges"]]
+    merges = [tuple(m) for m in json.loads(trainer_tok.to_str())["model"]["merges"]]
     vocab = {t: i for i, t in enumerate(specials + byte_tokens)}
     for piece, _ in sorted(trained.items(), key=lambda kv: kv[1]):
         if piece not in vocab:

@@ -267,3 +267,20 @@ def test_bad_inputs_raise_clear_errors(byte_level_tokenizer):
         model.lm_head.weight[5, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         reduced.generate(**reduced.tokenizer("It is", return_tensors="pt"), max_new_tokens=2)
+
+
+def test_canonical_sub_sequence_sits_between_canonical_and_marginal(model64, byte_level_tokenizer):
+    from hf_coop.scoring import canonical_logprob
+    from hf_coop.vocab.marginal import canonical_sub_sequence_logprob
+
+    if len(model64.get_input_embeddings().weight) != len(byte_level_tokenizer) + 3:
+        pytest.skip("byte-level tokenizer models only")
+    text = "It is a truth"
+    canonical = canonical_logprob(model64, byte_level_tokenizer, text).nats
+    marginal = prefix_logprob(model64, byte_level_tokenizer, text).nats
+    bytes_table = SubVocabulary.bytes_only().nested_table(byte_level_tokenizer)
+    three = SubVocabulary.max_bytes(byte_level_tokenizer, 3).nested_table(byte_level_tokenizer)
+    over_bytes = canonical_sub_sequence_logprob(model64, byte_level_tokenizer, text, bytes_table).nats
+    over_three = canonical_sub_sequence_logprob(model64, byte_level_tokenizer, text, three).nats
+    assert over_bytes == pytest.approx(marginal, abs=1e-9)  # over bytes the canonical sequence is the text
+    assert canonical <= over_three + 1e-9 <= marginal + 2e-9

@@ -1,0 +1,62 @@
+"""Real-model checks (SmolLM2-135M-Instruct, Gemma-3-270M): run with `pytest -m slow`."""
+
+import pytest
+
+from hf_coop.models import load_model
+from hf_coop.scoring import canonical_logprob
+from hf_coop.vocab.marginal import prefix_logprob
+from hf_coop.vocab.reduced_lm import ReducedVocabLM
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, there was",
+    "The three primary colors are",
+    "Water boils at",
+    "import numpy as np\n",
+    "Question: What is 12 + 7?\nAnswer:",
+    "The largest planet in the solar system",
+    "In 1969, Neil Armstrong",
+    "To make a cup of tea, first",
+    "Photosynthesis is the process",
+    "The French word for cat is",
+    "SELECT name FROM users WHERE",
+    "A haiku about autumn:\n",
+    "The opposite of hot is",
+    "My favourite café serves",
+    "Dear Sir or Madam,\n\nI am writing",
+    "The mitochondria is",
+    "1, 2, 3, 4, 5,",
+    "The quick brown fox",
+]
+
+
+@pytest.fixture(scope="module", params=["smollm2-135m-instruct", "gemma-3-270m"])
+def real(request):
+    return load_model(request.param)
+
+
+def test_k1_greedy_equals_original_greedy_on_20_prompts(real):
+    model, tokenizer = real
+    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1)
+    for prompt in PROMPTS:
+        enc = tokenizer(prompt, return_tensors="pt")
+        plain = model.generate(**enc, max_new_tokens=12, do_sample=False)
+        expected = reduced.nested.table.decode(plain[0, enc["input_ids"].shape[1] :].tolist())
+        renc = reduced.tokenizer(prompt, return_tensors="pt")
+        out = reduced.generate(**renc, max_new_tokens=len(expected), do_sample=False)
+        got = reduced.nested.decode(out[0, renc["input_ids"].shape[1] :].tolist())
+        assert got[: len(expected)] == expected, prompt
+        reduced.reset()
+
+
+def test_marginal_covers_the_canonical_path_and_pruning_is_tight(real):
+    model, tokenizer = real
+    text = "It is a truth universally"
+    canonical = canonical_logprob(model, tokenizer, text).nats
+    pruned = prefix_logprob(model, tokenizer, text, max_hypotheses=64, prune_ratio=1e-8)
+    assert pruned.nats >= canonical - 1e-4  # float32 model arithmetic
+    exact = prefix_logprob(model, tokenizer, text[:14])
+    assert prefix_logprob(model, tokenizer, text[:14], 64, 1e-8).nats == pytest.approx(exact.nats, abs=1e-5)

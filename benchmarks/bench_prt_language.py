@@ -250,10 +250,25 @@ def main(argv: list[str] | None = None) -> str:
             lambda s: torch.log_softmax(s[..., :vocab].float(), -1),
             None,
         ),
+        "old base + PRT reward (training view)": (
+            [old_base, reward],
+            lambda s, r: prt_log_probs(s, r, 1.0, vocab),
+            None,
+        ),
         "**new base + PRT reward**": (
             [new_base, reward],
             lambda s, r: prt_log_probs(s, r, 1.0, vocab),
             lambda m: [PRTLogitsProcessor(reward, attention_mask=m, vocab_size=vocab)],
+        ),
+        "new base + PRT reward, inference λ = 4": (
+            [new_base, reward],
+            lambda s, r: prt_log_probs(s, r, 4.0, vocab),
+            None,
+        ),
+        "new base + PRT reward, inference λ = 16": (
+            [new_base, reward],
+            lambda s, r: prt_log_probs(s, r, 16.0, vocab),
+            None,
         ),
         "new base + EFT": (
             [new_base, old_finetuned, old_base],
@@ -266,6 +281,11 @@ def main(argv: list[str] | None = None) -> str:
             lambda m: [
                 ProxyTuningLogitsProcessor(old_finetuned, old_base, attention_mask=m, vocab_size=vocab)
             ],
+        ),
+        "new base + proxy-tuning (α = 0.25)": (
+            [new_base, old_finetuned, old_base],
+            lambda s, f, b: proxy_tuning_log_probs(s, f, b, 0.25, vocab),
+            None,
         ),
     }
     scorer = __import__("reasoning_gym").create_dataset("gsm_symbolic", size=1, seed=2)
@@ -305,7 +325,9 @@ def main(argv: list[str] | None = None) -> str:
         f"per reference-answer token over {n_nll} held-out problems (seed 2); accuracy is greedy decoding "
         f"(≤ {max_new} new tokens, chat template) on the first {n_gen} of them, scored by reasoning-gym; speed "
         "is decoding steps per second relative to the new base alone in the same run (batches of 16, "
-        "left-padded, KV caches; PRT/EFT/proxy as logits processors).",
+        "left-padded, KV caches; PRT/EFT/proxy as logits processors). Rows with '–' were scored by NLL only "
+        "(the λ rows reuse the reward trained at λ = 1 with a larger λ at inference). EFT and proxy-tuning with "
+        "α = 1 are the same distribution after renormalisation (log-softmax shifts cancel), hence equal NLL.",
         "",
         "| model | answer NLL (nats/token) | accuracy | speed vs new base |",
         "|---|---|---|---|",

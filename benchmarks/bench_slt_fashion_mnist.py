@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
     parser.add_argument("--freeze-ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--section", default="slt_fashion_mnist", help="RESULTS.md section to (re)write")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = fashion_mnist_data(args.train_limit, args.test_limit)
@@ -92,7 +93,10 @@ def main() -> None:
     command = (
         f"OMP_NUM_THREADS=1 python benchmarks/bench_slt_fashion_mnist.py --train-limit {args.train_limit} "
         f"--epochs {args.epochs} --width {args.width} --slt-lr {args.slt_lr} --dense-lr {args.dense_lr} "
-        f"--seed {args.seed}" + ("" if args.test_limit is None else f" --test-limit {args.test_limit}")
+        f"--seed {args.seed}"
+        + ("" if args.test_limit is None else f" --test-limit {args.test_limit}")
+        + f" --sparsities {' '.join(map(str, args.sparsities))}"
+        + f" --freeze-ratios {' '.join(map(str, args.freeze_ratios))} --section {args.section}"
     )
     lines = [
         "## SLT in partially frozen networks: Fashion-MNIST (`hf_coop.slt`)",
@@ -117,7 +121,7 @@ def main() -> None:
             f"| {name} | {s} | {p} | {r} | {acc:.4f} | {size:,} | {'-' if mask is None else f'{mask:,}'} | "
             f"{dense['bytes'] / size:.1f}× |"
         )
-    write_section("slt_fashion_mnist", "\n".join(lines))
+    write_section(args.section, "\n".join(lines))
     print("\n".join(lines))
 
 

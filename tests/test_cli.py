@@ -30,3 +30,32 @@ def test_score_reads_a_file_and_reports_bad_input(tmp_path, capsys, byte_level_t
     assert "not UTF-8" in capsys.readouterr().err
     assert main(["score", "--model", str(tmp_path), "x"]) == 2
     assert "not a Hugging Face model" in capsys.readouterr().err
+
+
+def test_score_marginal_and_sub_vocab(tmp_path, capsys, byte_level_tokenizer):
+    folder = _tiny_model_folder(tmp_path, byte_level_tokenizer)
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                folder,
+                "--json",
+                "--sub-vocab",
+                "max-bytes:3",
+                "--top-k",
+                "0",
+                "--prune-ratio",
+                "0",
+                "It is a",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert (
+        out["nats"] == out["marginal_nats"] >= out["reduced_canonical_nats"] >= out["canonical_nats"] - 1e-4
+    )
+    assert out["truncated_mass"] == 0.0 and out["n_bytes"] == 7 and out["sub_vocab"] == "max-bytes:3"
+    assert main(["score", "--model", folder, "--sub-vocab", "words", "x"]) == 2
+    assert "unknown sub-vocabulary" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    StoppingCriteria,
 )
 from transformers.modeling_outputs import CausalLMOutput
 
@@ -164,6 +165,23 @@ class ReducedVocabTokenizer:
             )
         self.prompts[tuple(sub_ids)] = original
         return original
+
+
+class MaxNewBytesCriteria(StoppingCriteria):
+    """Stop each row once its generated sub-tokens spell `max_new_bytes` bytes (a budget in text, not tokens,
+    so generators over different vocabularies can be compared on the same amount of text)."""
+
+    def __init__(self, nested: NestedTable, prompt_length: int, max_new_bytes: int):
+        self.nested = nested
+        self.prompt_length = prompt_length
+        self.max_new_bytes = max_new_bytes
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        done = [
+            len(self.nested.decode(row[self.prompt_length :].tolist())) >= self.max_new_bytes
+            for row in input_ids
+        ]
+        return torch.tensor(done, device=input_ids.device)
 
 
 class ReducedVocabLM(PreTrainedModel, GenerationMixin):

@@ -284,3 +284,19 @@ def test_canonical_sub_sequence_sits_between_canonical_and_marginal(model64, byt
     over_three = canonical_sub_sequence_logprob(model64, byte_level_tokenizer, text, three).nats
     assert over_bytes == pytest.approx(marginal, abs=1e-9)  # over bytes the canonical sequence is the text
     assert canonical <= over_three + 1e-9 <= marginal + 2e-9
+
+
+def test_max_new_bytes_budget_stops_on_text_length(byte_level_tokenizer):
+    from transformers import StoppingCriteriaList
+
+    from hf_coop.vocab.reduced_lm import MaxNewBytesCriteria
+
+    reduced = ReducedVocabLM.from_model(
+        tiny_causal_lm(byte_level_tokenizer), byte_level_tokenizer, "max-bytes:3", top_k=1
+    )
+    enc = reduced.tokenizer(["It is", "The quick brown"], return_tensors="pt")
+    width = enc["input_ids"].shape[1]
+    budget = StoppingCriteriaList([MaxNewBytesCriteria(reduced.nested, width, 7)])
+    out = reduced.generate(**enc, max_new_tokens=50, do_sample=False, stopping_criteria=budget)
+    spelled = [len(reduced.nested.decode(row[width:].tolist())) for row in out]
+    assert max(spelled) >= 7 and out.shape[1] - width < 50

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hf_coop.cli import main as hf_coop_main
 from hf_coop.slt import cli
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "slt_lottery_ticket.py"
@@ -48,6 +49,9 @@ def test_train_then_inspect(tmp_path, capsys):
     assert run(["slt", "inspect", str(ticket), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert abs(report["sparsity"] - 0.7) < 1e-3 and report["compression"] > 1
+    assert hf_coop_main(["slt", "inspect", str(ticket)]) == 0  # registered in the `hf-coop` command
+    assert hf_coop_main(["slt", "inspect", str(tmp_path)]) == 2  # not a ticket: a clear error, no traceback
+    assert "not an hf_coop.slt ticket" in capsys.readouterr().err
 
 
 def test_example_runs_in_fast_mode(tmp_path):

@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .models import load_model, load_tokenizer  # noqa: E402
 from .prt import (  # noqa: E402
     EFTLogitsProcessor,
     ProxyTuningLogitsProcessor,
@@ -13,10 +14,22 @@ from .prt import (  # noqa: E402
     PRTTrainer,
     PRTTrainingArguments,
 )
+from .scoring import TextScore, canonical_logprob  # noqa: E402
 from .slt import (  # noqa: E402
     FrozenSLTCallback,
     FrozenSLTConfig,
     FrozenSLTModel,
     apply_frozen_slt,
     inspect_checkpoint,
+)
+from .vocab import (  # noqa: E402
+    MaxNewBytesCriteria,
+    NestedTable,
+    PrefixScore,
+    ReducedVocabLM,
+    SubVocabulary,
+    TokenBytes,
+    canonical_sub_sequence_logprob,
+    prefix_logprob,
+    token_bytes,
 )

@@ -65,7 +65,7 @@ def render_reward_card(config: PRTConfig, training_summary: dict[str, Any] | Non
         base_model_yaml=f"base_model: {base}" if base else "",
         base_model=base or "(unnamed)",
         task_type=config.task_type,
-        output_space="vocabulary" if causal else "label set, in the same order",
+        output_space="vocabulary" if causal else "label set (labels are matched by name)",
         output_space_detail=(
             f"{config.vocab_size} tokens" if causal else ", ".join(config.label_names or [])
         ),

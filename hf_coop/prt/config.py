@@ -19,8 +19,8 @@ class PRTConfig(CoopConfig):
 
     At inference the reward is added to any new base's log-probabilities,
     `p = softmax(log_softmax(f_new(x)) + r(x) / λ)` (the inference rule of arXiv 2502.12776), so it only
-    makes sense over the same vocabulary (causal LMs) or the same label set in the same order
-    (classifiers); the fingerprints let loaders refuse a mismatch instead of producing quietly wrong text.
+    makes sense over the same vocabulary (causal LMs) or the same label set (classifiers, matched by
+    name); the fingerprints let loaders refuse a mismatch instead of producing quietly wrong text.
 
     Args:
         temperature: λ in the paper; the reward is divided by it in training and inference.

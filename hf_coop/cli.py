@@ -10,6 +10,7 @@ import sys
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "hf_coop.scoring",
     "hf_coop.demo",
+    "hf_coop.vocab.mcv",
     "hf_coop.slt.cli",
     "hf_coop.prt.cli",
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cached_property
 
 import torch
@@ -137,12 +137,17 @@ class NestedTable:
 
     @classmethod
     def build(
-        cls, tokenizer: PreTrainedTokenizerBase, sub_vocab: SubVocabulary, split: str = "merges"
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        sub_vocab: SubVocabulary,
+        split: str | Callable[[bytes], list[bytes]] = "merges",
     ) -> NestedTable:
         """`split="merges"` undoes the tokenizer's own BPE merges until every piece is a sub-token (falling
-        back to longest match); `split="longest"` splits by greedy longest match from the left."""
-        if split not in ("merges", "longest"):
-            raise SubVocabularyError(f"split must be 'merges' or 'longest', got {split!r}")
+        back to longest match); `split="longest"` splits by greedy longest match from the left; a callable
+        maps a token's bytes to sub-vocabulary pieces (one function shared by several tokenizers, as the
+        common vocabulary's `split="common"` is)."""
+        if not callable(split) and split not in ("merges", "longest"):
+            raise SubVocabularyError(f"split must be 'merges', 'longest' or a callable, got {split!r}")
         table = token_bytes(tokenizer)
         sub_strings = sub_vocab.ordered()
         index = {s: i for i, s in enumerate(sub_strings)}
@@ -157,6 +162,8 @@ class NestedTable:
                 return memo[data]
             if data in index:
                 result = [index[data]]
+            elif callable(split):
+                result = [index[piece] for piece in split(data)]
             elif data in merges:
                 left, right = merges[data]
                 result = split_bytes(left) + split_bytes(right)

@@ -184,6 +184,15 @@ class MaxNewBytesCriteria(StoppingCriteria):
         return torch.tensor(done, device=input_ids.device)
 
 
+def unpadded_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[tuple[int, ...]]:
+    """Each row's ids without its (left) padding."""
+    rows = []
+    for b in range(input_ids.shape[0]):
+        ids = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]
+        rows.append(tuple(ids.tolist()))
+    return rows
+
+
 class ReducedVocabLM(PreTrainedModel, GenerationMixin):
     """A causal LM over a sub-vocabulary with the same text distribution as the original (see module doc)."""
 
@@ -289,20 +298,22 @@ class ReducedVocabLM(PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutput:
         """Next sub-token log-probabilities for each row (shape `(batch, 1, vocab)`); the rows' states are
         found by their content, so reordered (beam search) or repeated rows work."""
-        rows = []
-        for b in range(input_ids.shape[0]):
-            ids = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]
-            rows.append(tuple(ids.tolist()))
+        logits = [
+            self._finished_logits() if state.finished else state.next_logprobs().float()
+            for state in self.row_states(unpadded_rows(input_ids, attention_mask))
+        ]
+        return CausalLMOutput(logits=torch.stack(logits)[:, None, :].to(self.original.device))
+
+    def row_states(self, rows: list[tuple[int, ...]]) -> list[CoverState]:
+        """The state of every row (sub-token ids); states no row continues are dropped. Shared with
+        `CommonVocabEnsemble`, which keeps one such state per member and row."""
         parents = [r[:-1] for r in rows if r not in self._states]
         shared = {p for p in parents if parents.count(p) > 1}
         states: dict[tuple[int, ...], CoverState] = {}
-        logits = []
         for row in rows:
-            state = states.get(row) or self.state_for(row, shared)
-            states[row] = state
-            logits.append(self._finished_logits() if state.finished else state.next_logprobs().float())
+            states[row] = states.get(row) or self.state_for(row, shared)
         self._states = states
-        return CausalLMOutput(logits=torch.stack(logits)[:, None, :].to(self.original.device))
+        return [states[row] for row in rows]
 
     def _finished_logits(self) -> torch.Tensor:
         logits = torch.full((self.nested.num_sub_tokens,), float("-inf"))

@@ -28,6 +28,9 @@ import math
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from hf_coop.vocab.sub_vocabulary import NestedTable
 
@@ -55,13 +58,14 @@ class History:
     """A boundary history: the original token ids, log p(ids after the prompt), and once evaluated its KV
     cache and kept next tokens (`cand_pos`: sorted trie positions; `cand_logp`: their log-probs)."""
 
-    __slots__ = ("token_ids", "logw", "parent", "cache", "cand_pos", "cand_logp", "shared")
+    __slots__ = ("token_ids", "logw", "parent", "cache", "logprobs", "cand_pos", "cand_logp", "shared")
 
     def __init__(self, token_ids: list[int], logw: float, parent: History | None = None):
         self.token_ids = token_ids
         self.logw = logw
         self.parent = parent
         self.cache = None
+        self.logprobs: torch.Tensor | None = None  # next-token log-probs, set by the runner, then consumed
         self.cand_pos: torch.Tensor | None = None
         self.cand_logp: torch.Tensor | None = None
         self.shared = False  # reachable from several states (forked rows): its cache is copied, never taken
@@ -86,6 +90,7 @@ class ModelRunner:
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.forward_calls = 0  # batched model calls
         self.evaluated = 0  # histories evaluated
+        self.max_batch = 32  # histories per batched call
 
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits[..., : self.nested.vocab_size]
@@ -95,13 +100,24 @@ class ModelRunner:
         return torch.log_softmax(logits, dim=-1)
 
     @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, cache) -> tuple[torch.Tensor, object]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, object]:
         self.forward_calls += 1
-        past = cache.get_seq_length() if cache is not None else 0
-        kwargs = {self.cache_kwarg: cache} if cache is not None else {}
         device = self.model.device
-        mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long, device=device)
-        out = self.model(input_ids=input_ids.to(device), attention_mask=mask, use_cache=True, **kwargs)
+        kwargs = {self.cache_kwarg: cache} if cache is not None else {}
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids.to(device)
+        if attention_mask is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            attention_mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long)
+        out = self.model(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=True, **kwargs
+        )
         cache = out["cache"] if "cache" in out else out["past_key_values"]
         return self._logprobs(out.logits[:, -1]).cpu(), cache
 
@@ -110,24 +126,70 @@ class ModelRunner:
         self.evaluated += 1
         return logprobs[0]
 
-    def evaluate_children(self, parent: History, children: list[History], steal: bool) -> list[torch.Tensor]:
-        """Forward each child's last token on the parent's cache, batched; `steal` lets the last use it."""
-        steal = steal and not parent.shared
-        cache = parent.cache if steal and len(children) == 1 else copy.deepcopy(parent.cache)
+    def evaluate_children(self, groups: list[tuple[History, list[History], bool]]) -> None:
+        """Forward each child's last token on its parent's cache and set the child's cache; returns nothing,
+        the caller reads `child.logprobs`. `groups` holds (parent, children, parent_still_needed)."""
+        if len(groups) > 1 and all(_paddable(parent.cache) for parent, _, _ in groups):
+            children = [child for _, kids, _ in groups for child in kids]
+            for start in range(0, len(children), self.max_batch):
+                self._forward_padded(children[start : start + self.max_batch])
+        else:
+            for parent, kids, needed in groups:
+                self._forward_on_parent(parent, kids, steal=not needed)
+
+    def _forward_on_parent(self, parent: History, children: list[History], steal: bool) -> None:
+        """Children of one parent in one call; `steal` lets a single child take the parent's cache."""
+        steal = steal and not parent.shared and len(children) == 1
+        cache = parent.cache if steal else copy.deepcopy(parent.cache)
         if steal:
             parent.cache = None
         if len(children) > 1:
             cache.batch_repeat_interleave(len(children))
-        tokens = torch.tensor([[child.token_ids[-1]] for child in children])
-        logprobs, cache = self.forward(tokens, cache)
-        self.evaluated += len(children)
-        if len(children) == 1:
-            children[0].cache = cache
-        else:
-            for row, child in enumerate(children):
+        logprobs, cache = self.forward(torch.tensor([[c.token_ids[-1]] for c in children]), cache)
+        for row, child in enumerate(children):
+            if len(children) == 1:
+                child.cache = cache
+            else:
                 child.cache = copy.deepcopy(cache)
                 child.cache.batch_select_indices(torch.tensor([row]))
-        return list(logprobs)
+            child.logprobs = logprobs[row]
+        self.evaluated += len(children)
+
+    def _forward_padded(self, children: list[History]) -> None:
+        """Children of different parents in one call: parents' caches left-padded to one length (full-
+        attention caches only), attention mask and position ids per row, as batched generation does."""
+        lengths = [c.parent.cache.get_seq_length() for c in children]
+        width = max(lengths)
+        cache = DynamicCache()
+        for layer in range(len(children[0].parent.cache.layers)):
+            keys, values = [], []
+            for child, length in zip(children, lengths):
+                parent_layer = child.parent.cache.layers[layer]
+                keys.append(F.pad(parent_layer.keys, (0, 0, width - length, 0)))
+                values.append(F.pad(parent_layer.values, (0, 0, width - length, 0)))
+            cache.update(torch.cat(keys), torch.cat(values), layer)
+        mask = torch.zeros(len(children), width + 1, dtype=torch.long)
+        for row, length in enumerate(lengths):
+            mask[row, width - length :] = 1
+        positions = torch.tensor([[length] for length in lengths])
+        tokens = torch.tensor([[c.token_ids[-1]] for c in children])
+        logprobs, cache = self.forward(tokens, cache, mask, positions)
+        for row, (child, length) in enumerate(zip(children, lengths)):
+            child.cache = DynamicCache()
+            for layer, cache_layer in enumerate(cache.layers):
+                keep = slice(width - length, None)
+                child.cache.update(
+                    cache_layer.keys[row : row + 1, :, keep].clone(),
+                    cache_layer.values[row : row + 1, :, keep].clone(),
+                    layer,
+                )
+            child.logprobs = logprobs[row]
+        self.evaluated += len(children)
+
+
+def _paddable(cache) -> bool:
+    """Plain full-attention dynamic caches can be left-padded into one batch (sliding windows cannot)."""
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 def logaddexp(a: float, b: float) -> float:
@@ -286,9 +348,9 @@ class CoverState:
         by_parent: dict[int, list[History]] = defaultdict(list)
         for b in born:
             by_parent[id(b.parent)].append(b)
-        for children in by_parent.values():
-            parent = children[0].parent
-            logprobs = self.runner.evaluate_children(parent, children, steal=id(parent) not in live_parents)
-            for child, lp in zip(children, logprobs):
-                child.parent = None  # free the parent (and its cache) once nothing else needs it
-                self._attach(child, lp)
+        groups = [(kids[0].parent, kids, id(kids[0].parent) in live_parents) for kids in by_parent.values()]
+        self.runner.evaluate_children(groups)
+        for child in born:
+            child.parent = None  # free the parent (and its cache) once nothing else needs it
+            logprobs, child.logprobs = child.logprobs, None
+            self._attach(child, logprobs)

@@ -1,0 +1,265 @@
+"""Properties of `CommonVocabEnsemble` and `CommonVocabLogitsProcessor` on tiny models (float64, exact)."""
+
+import copy
+import math
+
+import pytest
+import torch
+from transformers import TextStreamer
+
+from hf_coop.config_utils import ArtifactError
+from hf_coop.testing import tiny_byte_level_tokenizer, tiny_causal_lm
+from hf_coop.vocab.ensemble import (
+    CommonVocabEnsemble,
+    CommonVocabLogitsProcessor,
+    combine,
+    ensemble_logprob,
+)
+from hf_coop.vocab.mcv import maximal_common_vocabulary, resolve_split
+from hf_coop.vocab.reduced_lm import MaxNewBytesCriteria, PromptError, ReducedVocabLM
+from hf_coop.vocab.relative_cover import CoverState
+
+PROMPTS = ["It is a truth", "The quick", "def add(a, b):\n"]
+
+
+@pytest.fixture(scope="module")
+def pair(byte_level_tokenizer, sentencepiece_tokenizer):
+    """Two members with different tokenizers and architectures, float64."""
+    return (
+        [
+            tiny_causal_lm(byte_level_tokenizer, dtype=torch.float64, extra_head_rows=3),
+            tiny_causal_lm(sentencepiece_tokenizer, arch="gpt2", seed=1, dtype=torch.float64),
+        ],
+        [byte_level_tokenizer, sentencepiece_tokenizer],
+    )
+
+
+def greedy_text(ensemble, prompt, n=8):
+    ensemble.reset()
+    enc = ensemble.tokenizer(prompt, return_tensors="pt")
+    out = ensemble.generate(**enc, max_new_tokens=n, do_sample=False)
+    return out[0, enc["input_ids"].shape[1] :].tolist()
+
+
+def member_reference(ensemble, index, model, tokenizer):
+    """The member alone, reduced to the ensemble's MCV with the same split, built independently."""
+    mcv, _ = maximal_common_vocabulary(*(m.tokenizer.original for m in ensemble.members))
+    split = resolve_split(ensemble.config.split, mcv, [m.tokenizer.original for m in ensemble.members])
+    return ReducedVocabLM.from_model(
+        model, tokenizer, mcv, max_hypotheses=ensemble.config.max_hypotheses, split=split
+    )
+
+
+def reference_conditionals(ensemble, reduced, prompt, path):
+    """The member's reduced conditionals over (MCV text ids, EOS), other control tokens conditioned away."""
+    n_text = ensemble.num_text
+    eos = ensemble._member_eos(reduced)
+    state = CoverState(reduced.runner, reduced.tokenizer.original(prompt)["input_ids"], reduced.settings)
+    rows = []
+    for sub_id in [None, *path]:
+        if sub_id is not None:
+            state.advance(sub_id)
+        logprobs = state.next_logprobs()
+        vec = torch.cat([logprobs[:n_text], torch.logsumexp(logprobs[eos], 0, keepdim=True)])
+        rows.append(vec - torch.logsumexp(vec, 0))
+    return torch.stack(rows)
+
+
+def ensemble_conditionals(ensemble, prompt, path):
+    ensemble.reset()
+    key = tuple(ensemble.tokenizer.encode(prompt))
+    return torch.cat([ensemble.next_logprobs([key + tuple(path[:i])]) for i in range(len(path) + 1)])
+
+
+@pytest.mark.parametrize("weights", [None, (1.0, 0.0)])
+def test_single_member_equals_its_reduced_model(pair, weights):
+    models, tokenizers = pair
+    if weights is None:
+        ensemble = CommonVocabEnsemble.from_models(models[:1], tokenizers[:1])
+    else:
+        ensemble = CommonVocabEnsemble.from_models(models, tokenizers, weights=weights)
+    reduced = member_reference(ensemble, 0, models[0], tokenizers[0])
+    for prompt in PROMPTS[:2]:
+        path = greedy_text(ensemble, prompt)
+        torch.testing.assert_close(
+            ensemble_conditionals(ensemble, prompt, path),
+            reference_conditionals(ensemble, reduced, prompt, path),
+            rtol=0,
+            atol=1e-12,
+        )
+        # Greedy text: the reduced model with its non-EOS control tokens suppressed gives the same tokens.
+        control = [
+            i
+            for i in range(ensemble.num_text, reduced.nested.num_sub_tokens)
+            if i not in ensemble._member_eos(reduced)
+        ]
+        enc = reduced.tokenizer(prompt, return_tensors="pt")
+        alone = reduced.generate(**enc, max_new_tokens=len(path), do_sample=False, suppress_tokens=control)
+        assert alone[0, enc["input_ids"].shape[1] :].tolist() == path
+
+
+@pytest.mark.parametrize("mode", ["mean", "product"])
+def test_identical_members_equal_the_single_model(pair, mode):
+    models, tokenizers = pair
+    single = CommonVocabEnsemble.from_models(models[1:], tokenizers[1:], mode=mode)
+    twins = CommonVocabEnsemble.from_models(
+        [models[1]] * 2, [tokenizers[1]] * 2, weights=(0.3, 0.7), mode=mode
+    )
+    path = greedy_text(single, PROMPTS[0])
+    assert greedy_text(twins, PROMPTS[0]) == path
+    torch.testing.assert_close(
+        ensemble_conditionals(twins, PROMPTS[0], path),
+        ensemble_conditionals(single, PROMPTS[0], path),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("mode", ["mean", "product"])
+def test_conditionals_combine_the_members_reduced_conditionals(pair, mode):
+    models, tokenizers = pair
+    weights = (0.25, 0.75)
+    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, weights=weights, mode=mode)
+    prompt = PROMPTS[2]
+    path = greedy_text(ensemble, prompt, n=6)
+    got = ensemble_conditionals(ensemble, prompt, path)
+    a, b = (
+        reference_conditionals(
+            ensemble, member_reference(ensemble, i, models[i], tokenizers[i]), prompt, path
+        )
+        for i in range(2)
+    )
+    if mode == "mean":
+        expected = torch.log(weights[0] * a.exp() + weights[1] * b.exp())
+    else:
+        product = weights[0] * a + weights[1] * b
+        expected = product - torch.logsumexp(product, -1, keepdim=True)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert torch.allclose(got.exp().sum(-1), torch.ones(len(path) + 1, dtype=torch.float64), atol=1e-12)
+
+
+def test_product_without_common_support_falls_back_to_the_mean():
+    logprobs = torch.tensor([[0.0, -math.inf], [-math.inf, 0.0]], dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(combine(logprobs, weights, "product"), combine(logprobs, weights, "mean"))
+
+
+@pytest.mark.parametrize("driver", [0, 1])
+def test_processor_form_equals_model_form_greedy(pair, driver):
+    models, tokenizers = pair
+    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4)
+    enc = ensemble.tokenizer(PROMPTS[:2], return_tensors="pt")
+    expected = ensemble.generate(**enc, max_new_tokens=8, do_sample=False)[:, enc["input_ids"].shape[1] :]
+    ensemble.reset()
+    processor = CommonVocabLogitsProcessor(ensemble, driver=driver)
+    inputs = processor.encode(PROMPTS[:2])
+    out = models[driver].generate(**inputs, logits_processor=[processor], max_new_tokens=8, do_sample=False)
+    for row in range(2):
+        want = ensemble.tokenizer.decode(expected[row], skip_special_tokens=True)
+        assert processor.decode(out[row, inputs["input_ids"].shape[1] :]) == want
+
+
+def test_batch_equals_one_by_one(pair):
+    models, tokenizers = pair
+    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4, mode="product")
+    enc = ensemble.tokenizer(PROMPTS[:2], return_tensors="pt")
+    together = ensemble.generate(**enc, max_new_tokens=8, do_sample=False)[:, enc["input_ids"].shape[1] :]
+    for row, prompt in enumerate(PROMPTS[:2]):
+        alone = greedy_text(ensemble, prompt)
+        assert ensemble.tokenizer.decode(together[row]) == ensemble.tokenizer.decode(alone)
+
+
+def test_generate_features_work(pair):
+    """Sampling with temperature/top-p, a streamer, a byte budget and scoring pass through."""
+    models, tokenizers = pair
+    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4)
+    enc = ensemble.tokenizer(PROMPTS[:2], return_tensors="pt")
+    torch.manual_seed(0)
+    sampled = ensemble.generate(**enc, max_new_tokens=5, do_sample=True, temperature=0.8, top_p=0.9)
+    assert sampled.shape[0] == 2
+
+    class Capture(TextStreamer):
+        text = ""
+
+        def on_finalized_text(self, text, stream_end=False):
+            Capture.text += text
+
+    single = ensemble.tokenizer(PROMPTS[0], return_tensors="pt")
+    width = single["input_ids"].shape[1]
+    budget = MaxNewBytesCriteria(ensemble.members[0].nested, width, 6)
+    out = ensemble.generate(
+        **single,
+        max_new_tokens=50,
+        do_sample=False,
+        streamer=Capture(ensemble.tokenizer, skip_prompt=True),
+        stopping_criteria=[budget],
+    )
+    assert Capture.text == ensemble.tokenizer.decode(out[0, width:])
+    assert (
+        len(ensemble.members[0].nested.decode(out[0, width:].tolist()))
+        >= 6
+        > len(ensemble.members[0].nested.decode(out[0, width:-1].tolist()))
+    )
+    score = ensemble_logprob(ensemble, "It is a truth")
+    assert score.nats < 0 and score.n_bytes == 13
+
+
+def test_save_load_round_trip_and_push_to_hub(tmp_path, pair, monkeypatch):
+    models, tokenizers = pair
+    folders = []
+    for i, (model, tok) in enumerate(zip(models, tokenizers)):
+        model.save_pretrained(tmp_path / f"m{i}")
+        tok.save_pretrained(tmp_path / f"m{i}")
+        folders.append(str(tmp_path / f"m{i}"))
+    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, (2, 1), "product", 4, names=folders)
+    ensemble.save_pretrained(tmp_path / "ens")
+    card = (tmp_path / "ens" / "README.md").read_text()
+    assert "Common-vocabulary ensemble" in card and folders[0] in card
+    assert not list((tmp_path / "ens").glob("*.safetensors"))  # a config, never the members' weights
+    reloaded = CommonVocabEnsemble.from_pretrained(tmp_path / "ens")
+    assert reloaded.weights == pytest.approx([2 / 3, 1 / 3]) and reloaded.config.mode == "product"
+    assert greedy_text(reloaded, PROMPTS[0]) == greedy_text(ensemble, PROMPTS[0])
+    other = tiny_byte_level_tokenizer(330)
+    with pytest.raises(ArtifactError, match="common vocabulary"):
+        CommonVocabEnsemble.from_pretrained(
+            tmp_path / "ens", members=[(models[0], other), (models[1], tokenizers[1])]
+        )
+
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    uploaded = {}
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def fake_create_commit(self, repo_id, operations, **kwargs):
+        uploaded.update({op.path_in_repo: op.path_or_fileobj for op in operations})
+        uploaded["repo_id"] = repo_id
+
+    def no_remote_card(*args, **kwargs):
+        raise EntryNotFoundError("no card yet")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", fake_create_commit)
+    monkeypatch.setattr(huggingface_hub.ModelCard, "load", no_remote_card)
+    reloaded.push_to_hub("me/tiny-ensemble")
+    assert uploaded["repo_id"] == "me/tiny-ensemble" and {"config.json", "README.md"} <= set(uploaded)
+
+
+def test_bad_inputs_raise_clear_errors(pair):
+    models, tokenizers = pair
+    for weights in [(-1.0, 2.0), (0.0, 0.0), (1.0,)]:
+        with pytest.raises(ValueError, match="weights"):
+            CommonVocabEnsemble.from_models(models, tokenizers, weights=weights)
+    with pytest.raises(ValueError, match="mode"):
+        CommonVocabEnsemble.from_models(models, tokenizers, mode="max")
+    with pytest.raises(ValueError, match="meta device"):
+        CommonVocabEnsemble.from_models([models[0], copy.deepcopy(models[1]).to("meta")], tokenizers)
+    no_chat = copy.deepcopy(tokenizers[1])
+    no_chat.chat_template = None
+    ensemble = CommonVocabEnsemble.from_models(models, [tokenizers[0], no_chat])
+    with pytest.raises(PromptError, match="member 1 .*no chat template"):
+        ensemble.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    with pytest.raises(PromptError, match="not encoded by the ensemble"):
+        ensemble(torch.tensor([[ord("x"), ord("y")]]))

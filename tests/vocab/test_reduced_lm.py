@@ -300,3 +300,20 @@ def test_max_new_bytes_budget_stops_on_text_length(byte_level_tokenizer):
     out = reduced.generate(**enc, max_new_tokens=50, do_sample=False, stopping_criteria=budget)
     spelled = [len(reduced.nested.decode(row[width:].tolist())) for row in out]
     assert max(spelled) >= 7 and out.shape[1] - width < 50
+
+
+def test_beam_search_rows_are_found_by_content(byte_level_tokenizer):
+    """Beam search reorders and duplicates rows; each row's state follows its own sub-token sequence."""
+    model = tiny_causal_lm(byte_level_tokenizer, dtype=torch.float64)
+    reduced = ReducedVocabLM.from_model(model, byte_level_tokenizer, "max-bytes:3", top_k=3)
+    enc = reduced.tokenizer("It is a", return_tensors="pt")
+    width = enc["input_ids"].shape[1]
+    beams = reduced.generate(**enc, max_new_tokens=6, num_beams=3, num_return_sequences=3, do_sample=False)
+    prompt = reduced.tokenizer.prompts[tuple(enc["input_ids"][0].tolist())]
+    for row in beams:
+        state = CoverState(reduced.runner, prompt, reduced.settings)
+        total = 0.0
+        for sub_id in row[width:].tolist():
+            total += state.next_logprobs()[sub_id].item()
+            state.advance(sub_id)
+        assert total > -math.inf  # every returned beam is a sequence the reduced model can produce

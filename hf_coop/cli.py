@@ -11,6 +11,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "hf_coop.scoring",
     "hf_coop.demo",
     "hf_coop.vocab.mcv",
+    "hf_coop.vocab.ensemble",
     "hf_coop.slt.cli",
     "hf_coop.prt.cli",
 )

@@ -133,6 +133,10 @@ def _run_score(args: argparse.Namespace) -> int:
 
     text = read_text_argument(args.text, args.file)
     check_text(text)
+    if args.ensemble:
+        from hf_coop.vocab.ensemble import score_command
+
+        return score_command(args, text)
     model, tokenizer = load_model(args.model)
     progress = not args.json
     args.top_k = args.top_k or None
@@ -210,5 +214,12 @@ def add_subcommands(subparsers) -> None:
         default=1e-8,
         help="drop hypotheses lighter than this fraction of the heaviest; the dropped mass is reported",
     )
+    p.add_argument(
+        "--ensemble",
+        action="append",
+        help="score under the common-vocabulary ensemble of these models (repeatable; uses --top-k, --prune-ratio)",
+    )
+    p.add_argument("--weights", type=float, nargs="+", help="ensemble member weights (default equal)")
+    p.add_argument("--mode", choices=("mean", "product"), default="mean", help="ensemble combination")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=_run_score)

@@ -16,6 +16,7 @@ product (`mode="product"`); the chosen token advances every member.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -519,3 +520,106 @@ class CommonVocabLogitsProcessor(LogitsProcessor):
         if self.eos_token_id is not None:
             out[live_t, self.eos_token_id] = logprobs[:, self.ensemble.num_text]
         return out
+
+
+def load_ensemble(
+    names: Sequence[str],
+    weights: Sequence[float] | None = None,
+    mode: str = "mean",
+    max_hypotheses: int | None = 8,
+    prune_ratio: float = 1e-4,
+    split: str = "common",
+) -> CommonVocabEnsemble:
+    """An ensemble of demo model names, local folders or hub ids (the CLI's and demo's entry point)."""
+    from hf_coop.models import load_model
+
+    check_weights(weights, len(names))  # fail before loading anything
+    loaded = [load_model(name) for name in names]
+    return CommonVocabEnsemble.from_models(
+        [m for m, _ in loaded],
+        [t for _, t in loaded],
+        weights,
+        mode,
+        max_hypotheses,
+        prune_ratio,
+        split,
+        names,
+    )
+
+
+def add_ensemble_arguments(p: argparse.ArgumentParser, flag: str = "--model") -> None:
+    """Members, weights, mode and pruning (shared by `hf-coop ensemble` and `hf-coop score --ensemble`)."""
+    p.add_argument(flag, action="append", dest="members", help="member model (repeatable)")
+    p.add_argument(
+        "--weights", type=float, nargs="+", help="one non-negative weight per member (default equal)"
+    )
+    p.add_argument(
+        "--mode", choices=MODES, default="mean", help="mean of probabilities or product of experts"
+    )
+    p.add_argument("--k", type=int, default=8, help="hypotheses kept per member and step (0: no cap, exact)")
+    p.add_argument("--prune-ratio", type=float, default=1e-4, help="drop hypotheses lighter than this × best")
+    p.add_argument("--split", choices=SPLITS, default="common", help="how members split tokens into the MCV")
+
+
+def ensemble_from_args(args: argparse.Namespace, default: Sequence[str]) -> CommonVocabEnsemble:
+    return load_ensemble(
+        args.members or list(default), args.weights, args.mode, args.k or None, args.prune_ratio, args.split
+    )
+
+
+def _run_ensemble(args: argparse.Namespace) -> int:
+    from transformers import TextStreamer
+
+    from hf_coop.models import DEMO_MODELS
+
+    ensemble = ensemble_from_args(args, DEMO_MODELS)
+    if args.chat:
+        inputs = ensemble.tokenizer.apply_chat_template(
+            [{"role": "user", "content": args.prompt}], return_tensors="pt"
+        )
+    else:
+        inputs = ensemble.tokenizer(args.prompt, return_tensors="pt")
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    print(args.prompt, end="", flush=True)
+    ensemble.generate(
+        **inputs,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature if args.sample else None,
+        top_p=args.top_p if args.sample else None,
+        streamer=TextStreamer(ensemble.tokenizer, skip_prompt=True, skip_special_tokens=True),
+    )
+    return 0
+
+
+def add_subcommands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "ensemble", help="generate with models of different tokenizers through their common vocabulary"
+    )
+    p.add_argument("prompt")
+    add_ensemble_arguments(p)
+    p.add_argument("--max-new-tokens", type=int, default=40, help="in common-vocabulary tokens")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in every member's chat template")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_run_ensemble)
+
+
+def score_command(args: argparse.Namespace, text: str) -> int:
+    """`hf-coop score --ensemble A --ensemble B`: the ensemble's log-probability of the text's MCV tokens."""
+    import json
+
+    ensemble = load_ensemble(args.ensemble, args.weights, args.mode, args.top_k or None, args.prune_ratio)
+    score = ensemble_logprob(ensemble, text, args.top_k or None, args.prune_ratio)
+    result = {"ensemble": args.ensemble, "weights": ensemble.weights, "mode": args.mode, **score.to_dict()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"ensemble of {', '.join(args.ensemble)} ({args.mode}): {score.n_bytes} bytes, {score.n_tokens} MCV "
+            f"tokens, {score.nats:.3f} nats, {score.bits_per_byte:.4f} bits/byte (pruned mass ≤ {score.truncated_mass:.1e})"
+        )
+    return 0

@@ -263,3 +263,26 @@ def test_bad_inputs_raise_clear_errors(pair):
         ensemble.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
     with pytest.raises(PromptError, match="not encoded by the ensemble"):
         ensemble(torch.tensor([[ord("x"), ord("y")]]))
+
+
+def test_cli_streams_scores_and_refuses_chat_without_template(tmp_path, pair, capsys):
+    from hf_coop.cli import main
+
+    models, tokenizers = pair
+    folders = []
+    for i, (model, tok) in enumerate(zip(models, tokenizers)):
+        tok = copy.deepcopy(tok)
+        tok.chat_template = None if i == 1 else tok.chat_template
+        model.save_pretrained(tmp_path / f"m{i}")
+        tok.save_pretrained(tmp_path / f"m{i}")
+        folders += ["--model", str(tmp_path / f"m{i}")]
+    assert main(["ensemble", "It is", "--max-new-tokens", "4", *folders, "--weights", "1", "3"]) == 0
+    assert capsys.readouterr().out.startswith("It is")
+    members = [a if a != "--model" else "--ensemble" for a in folders]
+    assert main(["score", *members, "--top-k", "4", "--json", "It is a truth"]) == 0
+    assert '"bits_per_byte"' in capsys.readouterr().out
+    assert main(["ensemble", *folders, "--chat", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "member 1" in err and "no chat template" in err
+    assert main(["ensemble", "hi", *folders, "--weights", "0", "0"]) == 2
+    assert "sum to a positive number" in capsys.readouterr().err

@@ -219,6 +219,7 @@ class CoverState:
         self.settings = settings
         self.truncated_logmass = NEG_INF
         self.finished = False
+        self.pending: list[History] = []  # boundary histories not yet forwarded (advance(evaluate=False))
         root = History(list(prompt_ids), 0.0)
         self.hypotheses: list[Hypothesis] = []
         self._attach(root, runner.evaluate_prompt(root))
@@ -262,20 +263,27 @@ class CoverState:
     @property
     def kept_logmass(self) -> float:
         """log Π of the kept hypotheses: the prefix probability they account for."""
-        return _logsumexp(torch.tensor([h.logmass for h in self.hypotheses], dtype=torch.float64))
+        masses = [h.logmass for h in self.hypotheses] + [b.logw for b in self.pending]
+        return _logsumexp(torch.tensor(masses, dtype=torch.float64))
 
     # -- the recursion -----------------------------------------------------------------------------------
+    def _keys(self, hyp: Hypothesis) -> torch.Tensor:
+        """The next sub-token of each kept token in the hypothesis' range (sorted ascending)."""
+        positions = hyp.history.cand_pos[hyp.lo : hyp.hi]
+        return (
+            self.nested.first_key[positions] if hyp.depth == 0 else self.nested.keys_at(positions, hyp.depth)
+        )
+
     def next_logprobs(self) -> torch.Tensor:
         """log p(next sub-token | prefix) over all sub-token ids, normalised over the kept mass."""
+        if self.pending:
+            raise RuntimeError(
+                "the last advance skipped the model calls (evaluate=False); nothing to predict"
+            )
         values, keys = [], []
         for hyp in self.hypotheses:
             h = hyp.history
-            positions = h.cand_pos[hyp.lo : hyp.hi]
-            keys.append(
-                self.nested.first_key[positions]
-                if hyp.depth == 0
-                else self.nested.keys_at(positions, hyp.depth)
-            )
+            keys.append(self._keys(hyp))
             values.append(h.cand_logp[hyp.lo : hyp.hi].double() + h.logw)
         values, keys = torch.cat(values), torch.cat(keys)
         size = self.nested.num_sub_tokens
@@ -288,14 +296,14 @@ class CoverState:
         return logp - torch.logsumexp(logp, 0)
 
     def advance(self, sub_id: int, evaluate: bool = True) -> None:
-        """Condition on the next sub-token; new boundary histories are forwarded unless `evaluate=False`."""
+        """Condition on the next sub-token. New boundary histories are forwarded, unless `evaluate=False`
+        (the last step of scoring: their probability is all that is needed)."""
         nested = self.nested
         survivors: list[Hypothesis] = []
         born: list[History] = []
         for hyp in self.hypotheses:
             h = hyp.history
-            positions = h.cand_pos[hyp.lo : hyp.hi]
-            keys = nested.first_key[positions] if hyp.depth == 0 else nested.keys_at(positions, hyp.depth)
+            keys = self._keys(hyp)
             lo = hyp.lo + int(torch.searchsorted(keys, sub_id, right=False))
             hi = hyp.lo + int(torch.searchsorted(keys, sub_id, right=True))
             if lo == hi:
@@ -318,7 +326,7 @@ class CoverState:
         if evaluate:
             self._evaluate(born)
         else:
-            self.hypotheses += [Hypothesis(b, 0, 0, 0, b.logw) for b in born]
+            self.pending = born
 
     def _prune(self, born: list[History]) -> list[History]:
         """Keep the heaviest hypotheses (at most `max_hypotheses`, within `prune_ratio` of the best) and,

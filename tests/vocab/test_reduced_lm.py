@@ -269,12 +269,12 @@ def test_bad_inputs_raise_clear_errors(byte_level_tokenizer):
         reduced.generate(**reduced.tokenizer("It is", return_tensors="pt"), max_new_tokens=2)
 
 
-def test_canonical_sub_sequence_sits_between_canonical_and_marginal(model64, byte_level_tokenizer):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_canonical_sub_sequence_sits_between_canonical_and_marginal(arch, byte_level_tokenizer):
     from hf_coop.scoring import canonical_logprob
     from hf_coop.vocab.marginal import canonical_sub_sequence_logprob
 
-    if len(model64.get_input_embeddings().weight) != len(byte_level_tokenizer) + 3:
-        pytest.skip("byte-level tokenizer models only")
+    model64 = tiny_causal_lm(byte_level_tokenizer, arch=arch, dtype=torch.float64)
     text = "It is a truth"
     canonical = canonical_logprob(model64, byte_level_tokenizer, text).nats
     marginal = prefix_logprob(model64, byte_level_tokenizer, text).nats

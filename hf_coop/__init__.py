@@ -23,13 +23,18 @@ from .slt import (  # noqa: E402
     inspect_checkpoint,
 )
 from .vocab import (  # noqa: E402
+    CommonVocabEnsemble,
+    CommonVocabLogitsProcessor,
     MaxNewBytesCriteria,
+    MCVReport,
     NestedTable,
     PrefixScore,
     ReducedVocabLM,
     SubVocabulary,
     TokenBytes,
     canonical_sub_sequence_logprob,
+    ensemble_logprob,
+    maximal_common_vocabulary,
     prefix_logprob,
     token_bytes,
 )

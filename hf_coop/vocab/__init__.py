@@ -1,6 +1,15 @@
 """Lossless vocabulary reduction (arXiv 2510.08102): causal LMs over smaller vocabularies, same texts."""
 
+from .ensemble import (
+    CommonVocabEnsemble,
+    CommonVocabEnsembleConfig,
+    CommonVocabLogitsProcessor,
+    EnsembleScore,
+    ensemble_logprob,
+    load_ensemble,
+)
 from .marginal import PrefixScore, canonical_sub_sequence_logprob, prefix_logprob
+from .mcv import MCVReport, maximal_common_vocabulary
 from .reduced_lm import (
     MaxNewBytesCriteria,
     PromptError,

@@ -21,6 +21,15 @@ class TinyConvNet(nn.Module):
         return self.head(torch.relu(self.hidden(x)))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two threads on shared busy cores run about 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def conv_net():
     torch.manual_seed(0)

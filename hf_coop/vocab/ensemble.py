@@ -39,6 +39,7 @@ from hf_coop.scoring import TextScore, check_text, start_token_id
 from hf_coop.vocab.mcv import SPLITS, maximal_common_vocabulary, resolve_split
 from hf_coop.vocab.reduced_lm import PromptError, ReducedVocabLM, ReducedVocabTokenizer, unpadded_rows
 from hf_coop.vocab.relative_cover import CoverSettings, CoverState
+from hf_coop.vocab.sub_vocabulary import SubVocabulary
 
 MODES = ("mean", "product")
 NEG_INF = float("-inf")
@@ -85,6 +86,7 @@ class CommonVocabEnsembleConfig(PretrainedConfig):
         max_hypotheses: int | None = None,
         prune_ratio: float = 0.0,
         split: str = "common",
+        sub_vocab: str = "mcv",
         mcv_fingerprint: str | None = None,
         mcv_size: int | None = None,
         vocab_size: int = 257,
@@ -100,6 +102,7 @@ class CommonVocabEnsembleConfig(PretrainedConfig):
         self.max_hypotheses = max_hypotheses
         self.prune_ratio = prune_ratio
         self.split = split
+        self.sub_vocab = sub_vocab
         self.mcv_fingerprint = mcv_fingerprint
         self.mcv_size = mcv_size
         self.vocab_size = vocab_size
@@ -242,6 +245,7 @@ class CommonVocabEnsemble(PreTrainedModel, GenerationMixin):
         prune_ratio: float = 0.0,
         split: str = "common",
         names: Sequence[str] | None = None,
+        sub_vocab: str = "mcv",
     ) -> CommonVocabEnsemble:
         """Reduce every model to the MCV of all tokenizers and ensemble them; `names` (paths or hub ids,
         default each model's `name_or_path`) are what `save_pretrained` records.
@@ -249,10 +253,15 @@ class CommonVocabEnsemble(PreTrainedModel, GenerationMixin):
         Members keep every next token of each boundary history (no top-K of tokens: a member must be able to
         follow a token that another member chose, and the token spelling one MCV string always can be).
         Their cost is bounded by `max_hypotheses` (the K of the CLI) and `prune_ratio`; what pruning drops
-        is reported by each member's state."""
+        is reported by each member's state. `sub_vocab="bytes"` ensembles over single bytes instead of the
+        MCV (the byte-level baseline)."""
         if len(models) != len(tokenizers) or not models:
             raise ValueError(f"give one tokenizer per model (got {len(models)} models, {len(tokenizers)})")
-        mcv, _ = maximal_common_vocabulary(*tokenizers)
+        if sub_vocab not in ("mcv", "bytes"):
+            raise ValueError(f"sub_vocab must be 'mcv' or 'bytes', got {sub_vocab!r}")
+        mcv = (
+            SubVocabulary.bytes_only() if sub_vocab == "bytes" else maximal_common_vocabulary(*tokenizers)[0]
+        )
         splitter = resolve_split(split, mcv, tokenizers)
         members = [
             ReducedVocabLM.from_model(m, t, mcv, None, max_hypotheses, prune_ratio, split=splitter)
@@ -265,6 +274,7 @@ class CommonVocabEnsemble(PreTrainedModel, GenerationMixin):
             max_hypotheses=max_hypotheses,
             prune_ratio=prune_ratio,
             split=split,
+            sub_vocab=sub_vocab,
             mcv_fingerprint=fingerprint({"mcv": [s.hex() for s in mcv.ordered()], "split": split}),
             mcv_size=len(mcv.strings),
             vocab_size=len(mcv.strings) + 1,
@@ -376,6 +386,7 @@ class CommonVocabEnsemble(PreTrainedModel, GenerationMixin):
             config.prune_ratio,
             config.split,
             names=config.members,
+            sub_vocab=config.sub_vocab,
         )
         if ensemble.config.mcv_fingerprint != config.mcv_fingerprint:
             raise ArtifactError(

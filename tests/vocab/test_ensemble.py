@@ -202,6 +202,8 @@ def test_generate_features_work(pair):
     )
     score = ensemble_logprob(ensemble, "It is a truth")
     assert score.nats < 0 and score.n_bytes == 13
+    byte_level = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4, sub_vocab="bytes")
+    assert len(byte_level.tokenizer) == 257 and len(greedy_text(byte_level, PROMPTS[0], n=3)) == 3
 
 
 def test_save_load_round_trip_and_push_to_hub(tmp_path, pair, monkeypatch):

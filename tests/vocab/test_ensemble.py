@@ -288,3 +288,5 @@ def test_cli_streams_scores_and_refuses_chat_without_template(tmp_path, pair, ca
     assert "member 1" in err and "no chat template" in err
     assert main(["ensemble", "hi", *folders, "--weights", "0", "0"]) == 2
     assert "sum to a positive number" in capsys.readouterr().err
+    assert main(["demo", *folders, "--max-new-tokens", "3", "--score-bytes", "40"]) == 0
+    assert "maximal common vocabulary" in capsys.readouterr().out

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--output", default=None, help="where to save the reward (default: a temporary folder)"
     )
     args = parser.parse_args(argv)
-    pretrain_steps, reward_steps = (10, 10) if args.fast else (300, 300)
+    pretrain_steps, reward_steps = (6, 6) if args.fast else (300, 300)
     torch.manual_seed(0)
 
     tokenizer = tiny_byte_level_tokenizer()

@@ -151,13 +151,13 @@ def test_checkpoint_resume_reaches_the_same_weights(tmp_path, tokenizer):
     base = tiny_causal_lm(tokenizer, seed=0)
     dataset = padded_lm_dataset(tokenizer)
     straight = PRTTrainer(
-        base, args=make_args(tmp_path / "a", max_steps=4), train_dataset=dataset, processing_class=tokenizer
+        base, args=make_args(tmp_path / "a", max_steps=2), train_dataset=dataset, processing_class=tokenizer
     )
     straight.train()
-    args = make_args(tmp_path / "b", max_steps=4, save_strategy="steps", save_steps=2)
+    args = make_args(tmp_path / "b", max_steps=2, save_strategy="steps", save_steps=1)
     first = PRTTrainer(base, args=args, train_dataset=dataset, processing_class=tokenizer)
     first.train()
-    checkpoint = tmp_path / "b" / "out" / "checkpoint-2"
+    checkpoint = tmp_path / "b" / "out" / "checkpoint-1"
     assert (checkpoint / "prt_config.json").is_file() and (checkpoint / "README.md").is_file()
     resumed = PRTTrainer(base, args=args, train_dataset=dataset, processing_class=tokenizer)
     resumed.train(resume_from_checkpoint=str(checkpoint))

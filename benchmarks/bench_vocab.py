@@ -64,7 +64,7 @@ def scoring_rows(name, model, tokenizer, text, ks) -> list[str]:
     return rows
 
 
-REDUCED_GENERATORS = {"reduced max-bytes:3, K=1": 1, "reduced max-bytes:3, K=300": 300}
+REDUCED_GENERATORS = {"reduced max-bytes:3, K=1": 1, "reduced max-bytes:3, K=300 (≤16 hypotheses)": 300}
 
 
 def generation_rows(name, model, tokenizer, gen_bytes) -> list[str]:
@@ -82,7 +82,7 @@ def generation_rows(name, model, tokenizer, gen_bytes) -> list[str]:
         _accumulate(totals["plain"], time.perf_counter() - start, len(plain_bytes), len(new), len(new))
         for label, k in REDUCED_GENERATORS.items():
             reduced = ReducedVocabLM.from_model(
-                model, tokenizer, "max-bytes:3", top_k=k, max_hypotheses=None if k == 1 else 64
+                model, tokenizer, "max-bytes:3", top_k=k, max_hypotheses=None if k == 1 else 16
             )
             renc = reduced.tokenizer(prompt, return_tensors="pt")
             width = renc["input_ids"].shape[1]
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, default=2000)
     parser.add_argument("--gen-bytes", type=int, default=256)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 10, 300])
+    parser.add_argument("--section", default="vocab", help="RESULTS.md section (one per model set)")
     args = parser.parse_args()
     text = wikipedia_prose(args.bytes, skip_bytes=100_000)
     score_rows, gen_rows = [], []
@@ -124,9 +125,10 @@ def main() -> None:
         gen_rows += generation_rows(name, model, tokenizer, args.gen_bytes)
         score_rows += scoring_rows(name, model, tokenizer, text, args.ks)
     body = [
-        "## Lossless vocabulary reduction (`hf_coop.vocab`)",
+        f"## Lossless vocabulary reduction (`hf_coop.vocab`): {', '.join(args.models)}",
         "",
-        f"`.venv/bin/python -m benchmarks.bench_vocab --bytes {args.bytes} --gen-bytes {args.gen_bytes}` "
+        f"`.venv/bin/python -m benchmarks.bench_vocab --models {' '.join(args.models)} --bytes {args.bytes} "
+        f"--gen-bytes {args.gen_bytes} --ks {' '.join(map(str, args.ks))} --section {args.section}` "
         f"({len(text.encode())} bytes of held-out Wikipedia prose; fp32, CPU, torch threads {torch.get_num_threads()})",
         "",
         "Bits per byte (lower is better; prefix rows are lower bounds whose gap is at most the dropped mass):",
@@ -141,7 +143,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         *gen_rows,
     ]
-    write_section("vocab", "\n".join(body))
+    write_section(args.section, "\n".join(body))
     print("\n".join(body))
 
 

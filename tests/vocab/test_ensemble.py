@@ -290,3 +290,27 @@ def test_cli_streams_scores_and_refuses_chat_without_template(tmp_path, pair, ca
     assert "sum to a positive number" in capsys.readouterr().err
     assert main(["demo", *folders, "--max-new-tokens", "3", "--score-bytes", "40"]) == 0
     assert "maximal common vocabulary" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_real_pair_processor_equals_model_form_and_weights_select_a_member():
+    from hf_coop.models import load_model
+
+    loaded = [load_model("smollm2-135m-instruct"), load_model("gemma-3-270m")]
+    models, tokenizers = [m for m, _ in loaded], [t for _, t in loaded]
+    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4, prune_ratio=1e-4)
+    assert ensemble.config.mcv_size > 40_000
+    prompt = "The capital of France is"
+    path = greedy_text(ensemble, prompt, n=6)
+    ensemble.reset()
+    processor = CommonVocabLogitsProcessor(ensemble, driver=1)  # Gemma drives, SentencePiece ids
+    inputs = processor.encode(prompt)
+    out = models[1].generate(**inputs, logits_processor=[processor], max_new_tokens=6, do_sample=False)
+    assert processor.decode(out[0, inputs["input_ids"].shape[1] :]) == ensemble.tokenizer.decode(path)
+    ensemble.set_weights((1, 0))
+    smol = greedy_text(ensemble, prompt, n=6)
+    plain = models[0].generate(
+        **tokenizers[0](prompt, return_tensors="pt"), max_new_tokens=4, do_sample=False
+    )
+    expected = tokenizers[0].decode(plain[0, len(tokenizers[0](prompt)["input_ids"]) :])
+    assert ensemble.tokenizer.decode(smol).startswith(expected[:8])

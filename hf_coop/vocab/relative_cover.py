@@ -248,7 +248,7 @@ class CoverState:
         nested = self.nested
         k = self.settings.top_k
         if k is None or k >= logprobs.numel():
-            history.cand_pos = torch.arange(logprobs.numel())
+            history.cand_pos = nested.all_positions
             history.cand_logp = logprobs[nested.order]
             kept = 0.0
         else:
@@ -270,9 +270,7 @@ class CoverState:
     def _keys(self, hyp: Hypothesis) -> torch.Tensor:
         """The next sub-token of each kept token in the hypothesis' range (sorted ascending)."""
         positions = hyp.history.cand_pos[hyp.lo : hyp.hi]
-        return (
-            self.nested.first_key[positions] if hyp.depth == 0 else self.nested.keys_at(positions, hyp.depth)
-        )
+        return self.nested.keys_at(positions, hyp.depth)
 
     def next_logprobs(self) -> torch.Tensor:
         """log p(next sub-token | prefix) over all sub-token ids, normalised over the kept mass."""

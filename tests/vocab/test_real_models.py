@@ -58,5 +58,6 @@ def test_marginal_covers_the_canonical_path_and_pruning_is_tight(real):
     canonical = canonical_logprob(model, tokenizer, text).nats
     pruned = prefix_logprob(model, tokenizer, text, max_hypotheses=64, prune_ratio=1e-8)
     assert pruned.nats >= canonical - 1e-4  # float32 model arithmetic
-    exact = prefix_logprob(model, tokenizer, text[:14])
-    assert prefix_logprob(model, tokenizer, text[:14], 64, 1e-8).nats == pytest.approx(exact.nats, abs=1e-5)
+    # Exact mode forwards every segmentation (exponential in length): keep the exact check short.
+    exact = prefix_logprob(model, tokenizer, text[:7])
+    assert prefix_logprob(model, tokenizer, text[:7], 64, 1e-8).nats == pytest.approx(exact.nats, abs=1e-5)

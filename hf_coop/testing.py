@@ -29,6 +29,18 @@ TINY_CORPUS_EXTRA = [
     "Mr. Bennet was so odd a mixture of quick parts, sarcastic humour, reserve, and caprice.",
 ]
 
+# Eight short, varied training texts (prose, code, arithmetic) for tiny fine-tuning tests.
+TINY_TRAINING_TEXTS = [
+    "Question: Tom has 3 apples and buys 4 more. Answer: 7",
+    "def add(a, b):\n    return a + b",
+    "The quick brown fox",
+    "Mr. Bennet was so odd",
+    "0123456789",
+    "print(add(2, 3))",
+    "The lazy dog sleeps all day long in the sun",
+    "Answer: 12",
+]
+
 _CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

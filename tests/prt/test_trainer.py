@@ -3,18 +3,8 @@ import torch
 from datasets import Dataset
 
 from hf_coop.prt import PRTConfig, PRTTrainer, PRTTrainingArguments
+from hf_coop.testing import TINY_TRAINING_TEXTS as TEXTS
 from hf_coop.testing import tiny_causal_lm, tiny_sequence_classifier
-
-TEXTS = [
-    "Question: Tom has 3 apples and buys 4 more. Answer: 7",
-    "def add(a, b):\n    return a + b",
-    "The quick brown fox",
-    "Mr. Bennet was so odd",
-    "0123456789",
-    "print(add(2, 3))",
-    "The lazy dog sleeps all day long in the sun",
-    "Answer: 12",
-]
 
 
 def padded_lm_dataset(tokenizer, texts=TEXTS):

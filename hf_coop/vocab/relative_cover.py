@@ -17,6 +17,12 @@ Approximations, all of them accounted for in `truncated_logmass` (the log of the
 so the exact prefix probability lies in [kept, kept + truncated]):
   - `top_k`: each boundary keeps its K most likely next tokens (the paper's K-LVR; K=1 is greedy);
   - `max_hypotheses` / `prune_ratio`: hypotheses whose mass is far below the best are dropped.
+
+Pruning may drop every hypothesis that can go on spelling a given text (a light boundary inside a word is
+the only one that can continue past a byte no kept token spells). The boundary histories pruned in the last
+`backtrack` steps are held back unevaluated; when a sub-token finds no kept hypothesis, the state backs up
+to the latest held-back step, evaluates those histories and replays the sub-tokens since. Their masses stay
+counted as dropped, so the bound only loosens.
 """
 
 from __future__ import annotations
@@ -29,8 +35,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from hf_coop.vocab.sub_vocabulary import NestedTable
 
@@ -44,6 +49,7 @@ class CoverSettings:
     top_k: int | None = None  # next tokens kept per boundary history (None: all)
     max_hypotheses: int | None = None  # live hypotheses kept per step (None: all)
     prune_ratio: float = 0.0  # drop hypotheses lighter than prune_ratio × the heaviest
+    backtrack: int = 16  # steps for which pruned boundary histories are held back, unevaluated, for rescue
 
     def __post_init__(self):
         if self.top_k is not None and self.top_k < 1:
@@ -52,6 +58,8 @@ class CoverSettings:
             raise ValueError(f"max_hypotheses must be >= 1 or None, got {self.max_hypotheses}")
         if not 0.0 <= self.prune_ratio < 1.0:
             raise ValueError(f"prune_ratio must be in [0, 1), got {self.prune_ratio}")
+        if self.backtrack < 0:
+            raise ValueError(f"backtrack must be >= 0, got {self.backtrack}")
 
 
 class History:
@@ -129,7 +137,8 @@ class ModelRunner:
     def evaluate_children(self, groups: list[tuple[History, list[History], bool]]) -> None:
         """Forward each child's last token on its parent's cache and set the child's cache; returns nothing,
         the caller reads `child.logprobs`. `groups` holds (parent, children, parent_still_needed)."""
-        if len(groups) > 1 and all(_paddable(parent.cache) for parent, _, _ in groups):
+        width = max(parent.cache.get_seq_length() for parent, _, _ in groups)
+        if len(groups) > 1 and all(_paddable(parent.cache, width) for parent, _, _ in groups):
             children = [child for _, kids, _ in groups for child in kids]
             for start in range(0, len(children), self.max_batch):
                 self._forward_padded(children[start : start + self.max_batch])
@@ -140,7 +149,7 @@ class ModelRunner:
     def _forward_on_parent(self, parent: History, children: list[History], steal: bool) -> None:
         """Children of one parent in one call; `steal` lets a single child take the parent's cache."""
         steal = steal and not parent.shared and len(children) == 1
-        cache = parent.cache if steal else copy.deepcopy(parent.cache)
+        cache = parent.cache if steal else _clone(parent.cache)
         if steal:
             parent.cache = None
         if len(children) > 1:
@@ -150,24 +159,26 @@ class ModelRunner:
             if len(children) == 1:
                 child.cache = cache
             else:
-                child.cache = copy.deepcopy(cache)
+                child.cache = _clone(cache)
                 child.cache.batch_select_indices(torch.tensor([row]))
             child.logprobs = logprobs[row]
         self.evaluated += len(children)
 
     def _forward_padded(self, children: list[History]) -> None:
         """Children of different parents in one call: parents' caches left-padded to one length (full-
-        attention caches only), attention mask and position ids per row, as batched generation does."""
+        attention, or sliding windows not yet full), attention mask and position ids per row, as batched
+        generation does."""
         lengths = [c.parent.cache.get_seq_length() for c in children]
         width = max(lengths)
-        cache = DynamicCache()
+        padded = []
         for layer in range(len(children[0].parent.cache.layers)):
             keys, values = [], []
             for child, length in zip(children, lengths):
                 parent_layer = child.parent.cache.layers[layer]
                 keys.append(F.pad(parent_layer.keys, (0, 0, width - length, 0)))
                 values.append(F.pad(parent_layer.values, (0, 0, width - length, 0)))
-            cache.update(torch.cat(keys), torch.cat(values), layer)
+            padded.append((torch.cat(keys), torch.cat(values)))
+        cache = _cache_like(children[0].parent.cache, padded, width)
         mask = torch.zeros(len(children), width + 1, dtype=torch.long)
         for row, length in enumerate(lengths):
             mask[row, width - length :] = 1
@@ -175,21 +186,47 @@ class ModelRunner:
         tokens = torch.tensor([[c.token_ids[-1]] for c in children])
         logprobs, cache = self.forward(tokens, cache, mask, positions)
         for row, (child, length) in enumerate(zip(children, lengths)):
-            child.cache = DynamicCache()
-            for layer, cache_layer in enumerate(cache.layers):
-                keep = slice(width - length, None)
-                child.cache.update(
-                    cache_layer.keys[row : row + 1, :, keep].clone(),
-                    cache_layer.values[row : row + 1, :, keep].clone(),
-                    layer,
-                )
+            keep = slice(width - length, None)
+            rows = [
+                (lay.keys[row : row + 1, :, keep].clone(), lay.values[row : row + 1, :, keep].clone())
+                for lay in cache.layers
+            ]
+            child.cache = _cache_like(cache, rows, length + 1)
             child.logprobs = logprobs[row]
         self.evaluated += len(children)
 
 
-def _paddable(cache) -> bool:
-    """Plain full-attention dynamic caches can be left-padded into one batch (sliding windows cannot)."""
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+def _paddable(cache, width: int) -> bool:
+    """Dynamic caches can be left-padded to `width` and batched while no sliding window is full (then a
+    sliding layer still holds every position and attends like a full one)."""
+    return all(
+        type(layer) is DynamicLayer
+        or (type(layer) is DynamicSlidingWindowLayer and width + 1 < layer.sliding_window)
+        for layer in cache.layers
+    )
+
+
+def _cache_like(template, tensors: list[tuple[torch.Tensor, torch.Tensor]], length: int):
+    """A cache with `template`'s layer types holding `tensors` ((keys, values) per layer) for `length`
+    positions. Dynamic layers never write into their tensors (updates concatenate), so sharing is safe."""
+    cache = copy.copy(template)
+    cache.layers = []
+    for layer, (keys, values) in zip(template.layers, tensors):
+        layer = copy.copy(layer)
+        layer.keys, layer.values = keys, values
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length = length
+        cache.layers.append(layer)
+    return cache
+
+
+def _clone(cache):
+    """An independent copy of a KV cache: dynamic layers share their tensors, others are deep-copied."""
+    if all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers):
+        return _cache_like(
+            cache, [(layer.keys, layer.values) for layer in cache.layers], cache.get_seq_length()
+        )
+    return copy.deepcopy(cache)
 
 
 def logaddexp(a: float, b: float) -> float:
@@ -220,6 +257,9 @@ class CoverState:
         self.truncated_logmass = NEG_INF
         self.finished = False
         self.pending: list[History] = []  # boundary histories not yet forwarded (advance(evaluate=False))
+        self.sub_ids: list[int] = []  # the sub-tokens advanced so far
+        self.held_back: dict[int, list[History]] = {}  # step -> pruned, unevaluated boundary histories
+        self.back_ups = 0  # times the text left every kept hypothesis and held-back ones were evaluated
         root = History(list(prompt_ids), 0.0)
         self.hypotheses: list[Hypothesis] = []
         self._attach(root, runner.evaluate_prompt(root))
@@ -228,8 +268,13 @@ class CoverState:
         """An independent copy for a second row continuing the same prefix (histories are shared)."""
         twin = copy.copy(self)
         twin.hypotheses = [dataclasses.replace(h) for h in self.hypotheses]
+        twin.sub_ids = list(self.sub_ids)
+        twin.held_back = {step: list(held) for step, held in self.held_back.items()}
         for hyp in self.hypotheses:
             hyp.history.shared = True
+        for held in self.held_back.values():
+            for history in held:
+                history.parent.shared = True
         return twin
 
     def advance_or_finish(self, sub_id: int) -> None:
@@ -296,6 +341,31 @@ class CoverState:
     def advance(self, sub_id: int, evaluate: bool = True) -> None:
         """Condition on the next sub-token. New boundary histories are forwarded, unless `evaluate=False`
         (the last step of scoring: their probability is all that is needed)."""
+        step = len(self.sub_ids)
+        while not self._narrow(step, sub_id, evaluate):
+            if not self._back_up():
+                raise ValueError(
+                    f"sub-token {sub_id} ({self.nested.sub_token_bytes(sub_id)!r}) has probability zero under "
+                    "the kept hypotheses; with top_k or pruning, raise top_k / max_hypotheses / backtrack "
+                    "(or use exact mode)"
+                )
+        self.sub_ids.append(sub_id)
+
+    def _back_up(self) -> bool:
+        """Evaluate the latest held-back boundary histories and replay the sub-tokens since; False when
+        nothing is held back (or no held-back history can spell the text)."""
+        while self.held_back:
+            self.back_ups += 1
+            step = max(self.held_back)
+            self.hypotheses, self.pending = [], []
+            self._evaluate(self.held_back.pop(step))
+            if all(self._narrow(i, self.sub_ids[i], True) for i in range(step + 1, len(self.sub_ids))):
+                return True
+        return False
+
+    def _narrow(self, step: int, sub_id: int, evaluate: bool) -> bool:
+        """Advance the hypotheses by `sub_id` (the `step`-th sub-token); False, changing nothing, when no
+        kept hypothesis spells it."""
         nested = self.nested
         survivors: list[Hypothesis] = []
         born: list[History] = []
@@ -315,42 +385,44 @@ class CoverState:
                 mass = h.logw + _logsumexp(h.cand_logp[lo + ends : hi])
                 survivors.append(Hypothesis(h, lo + ends, hi, hyp.depth + 1, mass))
         if not survivors and not born:
-            raise ValueError(
-                f"sub-token {sub_id} ({nested.sub_token_bytes(sub_id)!r}) has probability zero under the kept "
-                "hypotheses; with top_k or pruning, raise top_k / max_hypotheses (or use exact mode)"
-            )
+            return False
         self.hypotheses = survivors
-        born = self._prune(born)
+        born = self._prune(born, step)
         if evaluate:
             self._evaluate(born)
         else:
             self.pending = born
+        return True
 
-    def _prune(self, born: list[History]) -> list[History]:
-        """Keep the heaviest hypotheses (at most `max_hypotheses`, within `prune_ratio` of the best) and,
-        whatever their weight, the best one per depth (i.e. per history end position), so the set never
-        empties: a fresh boundary can spell any byte. Dropped masses are counted."""
+    def _prune(self, born: list[History], step: int) -> list[History]:
+        """Keep the heaviest hypotheses: at most `max_hypotheses`, none lighter than `prune_ratio` × the
+        heaviest. Dropped masses are counted; dropped boundary histories are held back for `_back_up`."""
         settings = self.settings
         if settings.max_hypotheses is None and settings.prune_ratio == 0.0:
             return born
-        entries = [(hyp.logmass, hyp.depth, hyp) for hyp in self.hypotheses] + [(b.logw, 0, b) for b in born]
+        entries = [(hyp.logmass, hyp) for hyp in self.hypotheses] + [(b.logw, b) for b in born]
         entries.sort(key=lambda e: e[0], reverse=True)
         limit = len(entries) if settings.max_hypotheses is None else settings.max_hypotheses
         floor = entries[0][0] + math.log(settings.prune_ratio) if settings.prune_ratio > 0 else NEG_INF
-        kept_ids, depths_kept = set(), set()
-        for rank, (logmass, depth, entry) in enumerate(entries):
-            if (rank < limit and logmass >= floor) or depth not in depths_kept:
+        kept_ids = set()
+        for rank, (logmass, entry) in enumerate(entries):
+            if rank < limit and logmass >= floor:
                 kept_ids.add(id(entry))
-                depths_kept.add(depth)
             else:
                 self._drop(logmass)
         self.hypotheses = [h for h in self.hypotheses if id(h) in kept_ids]
+        held = [b for b in born if id(b) not in kept_ids]
+        if held and settings.backtrack:
+            self.held_back[step] = held
+        for old in [s for s in self.held_back if s <= step - settings.backtrack]:
+            del self.held_back[old]
         return [b for b in born if id(b) in kept_ids]
 
     def _evaluate(self, born: list[History]) -> None:
         if not born:
             return
         live_parents = {id(hyp.history) for hyp in self.hypotheses}
+        live_parents.update(id(h.parent) for held in self.held_back.values() for h in held)
         by_parent: dict[int, list[History]] = defaultdict(list)
         for b in born:
             by_parent[id(b.parent)].append(b)

@@ -151,6 +151,24 @@ def test_truncated_mass_bounds_the_error(model64, tokenizer, settings):
     assert math.exp(state.kept_logmass) + math.exp(state.truncated_logmass) == pytest.approx(1.0, abs=1e-12)
 
 
+def test_pruning_backs_up_when_the_text_leaves_every_kept_hypothesis(model64, tokenizer):
+    """One hypothesis at a time: a word boundary the kept token cannot spell forces a back-up to the
+    held-back boundary histories; the result stays a bound of the exact value."""
+    data = " it is".encode()
+    runner = ReducedVocabLM.from_model(model64, tokenizer, "bytes").runner
+    state = CoverState(runner, [start_token_id(tokenizer)], CoverSettings(max_hypotheses=1))
+    for byte in data:
+        state.advance(byte)
+    exact = original_prefix_logprob(model64, tokenizer, data.decode())
+    assert state.back_ups > 0
+    assert state.kept_logmass <= exact + 1e-12
+    assert exact <= math.log(math.exp(state.kept_logmass) + math.exp(state.truncated_logmass)) + 1e-12
+    stuck = CoverState(runner, [start_token_id(tokenizer)], CoverSettings(max_hypotheses=1, backtrack=0))
+    with pytest.raises(ValueError, match="backtrack"):
+        for byte in data:
+            stuck.advance(byte)
+
+
 def _masked_greedy(model, tokenizer, prompt, max_new_tokens):
     """Plain greedy `generate`, with output-head rows beyond the tokenizer suppressed."""
     head = model.get_output_embeddings().weight.shape[0]

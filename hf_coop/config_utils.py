@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from importlib import resources
 from string import Template
 from typing import Any, ClassVar, TypeVar
@@ -109,3 +111,44 @@ def render_model_card(template_name: str, **fields: Any) -> str:
     """Fill a `model_cards/<template_name>` template (`$name` placeholders) shipped with the package."""
     text = resources.files("hf_coop.model_cards").joinpath(template_name).read_text(encoding="utf-8")
     return Template(text).substitute({k: str(v) for k, v in fields.items()})
+
+
+def push_folder_to_hub(
+    save_pretrained: Callable[[str], Any],
+    repo_id: str,
+    commit_message: str = "Upload with hf_coop",
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+):
+    """Save an artefact into a temporary folder with `save_pretrained` and upload that folder as one
+    commit, model card included (transformers' `push_to_hub` would replace README.md with a generic card)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(folder)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message,
+            revision=revision,
+            create_pr=create_pr,
+        )
+
+
+def local_folder(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> str:
+    """A local folder as is; otherwise a Hub repo id, downloaded (or taken from the cache) as a snapshot."""
+    if os.path.isdir(path_or_repo_id):
+        return str(path_or_repo_id)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return snapshot_download(str(path_or_repo_id), revision=revision)
+    except (HFValidationError, OSError) as e:
+        raise ArtifactError(
+            f"{path_or_repo_id} is neither a local folder nor a reachable Hub repo ({e})"
+        ) from e

@@ -21,3 +21,25 @@ def sentencepiece_tokenizer():
     from hf_coop.testing import tiny_sentencepiece_tokenizer
 
     return tiny_sentencepiece_tokenizer()
+
+
+@pytest.fixture
+def mock_hub(monkeypatch):
+    """Stand-in for the Hub: `create_repo` answers locally and `upload_folder` records the uploaded files
+    (name -> bytes, plus "repo_id"), so push_to_hub is tested without the network."""
+    from pathlib import Path
+
+    import huggingface_hub
+
+    uploaded = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+        uploaded["repo_id"] = repo_id
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    return uploaded

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config_utils import ArtifactError, fingerprint, render_model_card
+from ..config_utils import ArtifactError, fingerprint, local_folder, push_folder_to_hub, render_model_card
 from .config import FrozenSLTConfig
 from .layer import SUPERMASK_CLASSES, SupermaskLayer, weight_checksum
 
@@ -301,12 +301,21 @@ class FrozenSLTModel(nn.Module):
             f.write(_model_card(self.slt_config, report))
         return report
 
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the compact ticket and its card (`push_folder_to_hub` arguments: commit_message,
+        private, token, revision, create_pr)."""
+        return push_folder_to_hub(self.save_pretrained, repo_id, **kwargs)
+
     @classmethod
-    def from_pretrained(cls, model: nn.Module, path: str | os.PathLike) -> FrozenSLTModel:
-        """Rebuild a saved ticket on `model` (same architecture; its own weights are not used).
+    def from_pretrained(
+        cls, model: nn.Module, path: str | os.PathLike, revision: str | None = None
+    ) -> FrozenSLTModel:
+        """Rebuild a saved ticket (a folder or a Hub repo id) on `model` (same architecture; its own
+        weights are not used).
 
         Raises `ArtifactError` when a file is missing, corrupt or truncated, the format is newer, the
         architecture differs, or the regenerated weights differ from those the ticket was trained on."""
+        path = local_folder(path, revision)
         manifest = read_manifest(path)
         for name, expected in manifest["files"].items():
             if _sha256(os.path.join(path, name)) != expected:

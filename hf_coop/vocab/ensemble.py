@@ -34,7 +34,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutput
 
-from hf_coop.config_utils import ArtifactError, fingerprint, render_model_card
+from hf_coop.config_utils import ArtifactError, fingerprint, push_folder_to_hub, render_model_card
 from hf_coop.scoring import TextScore, check_text, start_token_id
 from hf_coop.vocab.mcv import SPLITS, maximal_common_vocabulary, resolve_split
 from hf_coop.vocab.reduced_lm import PromptError, ReducedVocabLM, ReducedVocabTokenizer, unpadded_rows
@@ -360,6 +360,11 @@ class CommonVocabEnsemble(PreTrainedModel, GenerationMixin):
         )
         with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the config and the rendered card (`push_folder_to_hub` arguments: commit_message, private,
+        token, revision, create_pr); the members stay where their recorded paths point."""
+        return push_folder_to_hub(self.save_pretrained, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(

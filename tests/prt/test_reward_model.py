@@ -91,25 +91,12 @@ def test_classifier_reward_checks_labels_by_name(tmp_path, tokenizer):
         PRTRewardModel.from_pretrained(tmp_path, id2label={0: "neg", 1: "neutral"})
 
 
-def test_push_to_hub_uploads_weights_config_and_card(tmp_path, tokenizer, source_base, monkeypatch):
-    import huggingface_hub
-
-    uploaded = {}
-
-    def fake_create_repo(self, repo_id, **kwargs):
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def fake_upload_folder(self, *, repo_id, folder_path, **kwargs):
-        uploaded.update({p.name: p.read_bytes() for p in __import__("pathlib").Path(folder_path).iterdir()})
-        uploaded["repo_id"] = repo_id
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
+def test_push_to_hub_uploads_weights_config_and_card(tmp_path, tokenizer, source_base, mock_hub):
     trainer, path = train_and_save(tmp_path, tokenizer, source_base)
     PRTRewardModel.from_pretrained(path).push_to_hub("me/tiny-prt-reward")
-    assert uploaded["repo_id"] == "me/tiny-prt-reward"
-    assert {"model.safetensors", "prt_config.json", "README.md"} <= set(uploaded)
-    assert b"Portable Reward Tuning" in uploaded["README.md"]
+    assert mock_hub["repo_id"] == "me/tiny-prt-reward"
+    assert {"model.safetensors", "prt_config.json", "README.md"} <= set(mock_hub)
+    assert b"Portable Reward Tuning" in mock_hub["README.md"]
 
 
 def test_image_classifier_reward_round_trips(tmp_path):

@@ -86,6 +86,24 @@ def test_size_report(saved):
     assert "Strong lottery ticket" in card and "transformer.h.0.mlp.c_fc" in card and "$" not in card
 
 
+def test_push_to_hub_uploads_the_ticket_and_reloads_from_a_repo_id(
+    saved, slt_tokenizer, mock_hub, monkeypatch
+):
+    slt, path = saved
+    slt.push_to_hub("me/tiny-ticket")
+    assert mock_hub["repo_id"] == "me/tiny-ticket"
+    assert {p.name for p in path.iterdir()} <= set(mock_hub)
+    assert mock_hub["README.md"] == (path / "README.md").read_bytes()
+    assert mock_hub[TICKET_FILE] == (path / TICKET_FILE).read_bytes()
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, revision=None: str(path))
+    fresh = tiny_causal_lm(slt_tokenizer, arch="gpt2", seed=123)
+    loaded = FrozenSLTModel.from_pretrained(fresh, "me/tiny-ticket").eval()
+    assert torch.equal(loaded(input_ids=IDS).logits, slt(input_ids=IDS).logits)
+
+
 def test_tied_weights_stored_once(saved):
     _, path = saved
     manifest = json.loads((path / MANIFEST_FILE).read_text())

@@ -206,7 +206,7 @@ def test_generate_features_work(pair):
     assert len(byte_level.tokenizer) == 257 and len(greedy_text(byte_level, PROMPTS[0], n=3)) == 3
 
 
-def test_save_load_round_trip_and_push_to_hub(tmp_path, pair, monkeypatch):
+def test_save_load_round_trip_and_push_to_hub(tmp_path, pair, mock_hub):
     models, tokenizers = pair
     folders = []
     for i, (model, tok) in enumerate(zip(models, tokenizers)):
@@ -227,26 +227,9 @@ def test_save_load_round_trip_and_push_to_hub(tmp_path, pair, monkeypatch):
             tmp_path / "ens", members=[(models[0], other), (models[1], tokenizers[1])]
         )
 
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError
-
-    uploaded = {}
-
-    def fake_create_repo(self, repo_id, **kwargs):
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def fake_create_commit(self, repo_id, operations, **kwargs):
-        uploaded.update({op.path_in_repo: op.path_or_fileobj for op in operations})
-        uploaded["repo_id"] = repo_id
-
-    def no_remote_card(*args, **kwargs):
-        raise EntryNotFoundError("no card yet")
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", fake_create_commit)
-    monkeypatch.setattr(huggingface_hub.ModelCard, "load", no_remote_card)
     reloaded.push_to_hub("me/tiny-ensemble")
-    assert uploaded["repo_id"] == "me/tiny-ensemble" and {"config.json", "README.md"} <= set(uploaded)
+    assert mock_hub["repo_id"] == "me/tiny-ensemble" and {"config.json", "README.md"} <= set(mock_hub)
+    assert mock_hub["README.md"].decode() == card  # the rendered card, not a generic one
 
 
 def test_bad_inputs_raise_clear_errors(pair):

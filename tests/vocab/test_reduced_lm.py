@@ -154,7 +154,7 @@ def test_truncated_mass_bounds_the_error(model64, tokenizer, settings):
 def test_pruning_backs_up_when_the_text_leaves_every_kept_hypothesis(model64, tokenizer):
     """One hypothesis at a time: a word boundary the kept token cannot spell forces a back-up to the
     held-back boundary histories; the result stays a bound of the exact value."""
-    data = " it is".encode()
+    data = b" it is"
     runner = ReducedVocabLM.from_model(model64, tokenizer, "bytes").runner
     state = CoverState(runner, [start_token_id(tokenizer)], CoverSettings(max_hypotheses=1))
     for byte in data:

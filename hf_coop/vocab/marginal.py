@@ -27,6 +27,7 @@ class PrefixScore(TextScore):
     upper_nats: float = 0.0
     forward_calls: int = 0  # batched model calls
     histories_evaluated: int = 0
+    back_ups: int = 0  # times pruning had dropped every hypothesis that spells the text (see CoverState)
 
 
 def sub_sequence_logprob(
@@ -57,6 +58,7 @@ def sub_sequence_logprob(
         upper_nats=logaddexp(kept, state.truncated_logmass),
         forward_calls=runner.forward_calls,
         histories_evaluated=runner.evaluated,
+        back_ups=state.back_ups,
     )
 
 

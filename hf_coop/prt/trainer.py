@@ -70,10 +70,10 @@ class PRTTrainer(Trainer):
         base_model.eval().requires_grad_(False)
 
         super().__init__(model=model, args=args, processing_class=processing_class, **trainer_kwargs)
-        # The loss below is a token sum over num_items_in_batch: ask Trainer to count items (over the shifted
-        # labels for causal LMs) and not to divide again by the accumulation steps.
+        # The loss below is a token sum over num_items_in_batch: ask Trainer to count items and not to divide
+        # again by the accumulation steps. Trainer counts a causal LM's shifted labels by itself (from the
+        # reward model's `loss_type`, "ForCausalLM" for every transformers *ForCausalLM class).
         self.model_accepts_loss_kwargs = True
-        self._loss_shifts_labels = self.is_causal_lm
         self.base_model = self.accelerator.prepare_model(base_model, evaluation_mode=True)
         self._component_sums: dict[str, float] = {}
         self._component_count = 0

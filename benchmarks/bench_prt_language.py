@@ -30,6 +30,7 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gsm import is_correct, problems  # noqa: E402
 from results import write_section  # noqa: E402
 
 from hf_coop.models import load_model  # noqa: E402
@@ -84,12 +85,6 @@ def pretrain_old_base(tokenizer, steps: int, seq_len: int = 128, batch: int = 8)
         schedule.step()
         optimizer.zero_grad()
     return model.eval()
-
-
-def problems(count: int, seed: int) -> list[dict]:
-    import reasoning_gym
-
-    return list(reasoning_gym.create_dataset("gsm_symbolic", size=count, seed=seed))
 
 
 def prompt_of(tokenizer, item: dict) -> str:
@@ -162,14 +157,6 @@ def answer_nll(methods: dict, dataset: Dataset, tokenizer, batch: int = 8) -> di
             nll = -log_probs.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
             totals[name] += float(nll[keep].sum())
     return {name: total / count for name, total in totals.items()}
-
-
-def extract_answer(text: str) -> str:
-    marked = re.search(r"####\s*(-?[\d,]*\.?\d+)", text)
-    if marked:
-        return marked.group(1).replace(",", "")
-    numbers = re.findall(r"-?\d[\d,]*\.?\d*", text)
-    return numbers[-1].replace(",", "").rstrip(".") if numbers else ""
 
 
 def generate_all(new_base, tokenizer, items, make_processors, max_new_tokens: int, batch: int):
@@ -288,7 +275,6 @@ def main(argv: list[str] | None = None) -> str:
             None,
         ),
     }
-    scorer = __import__("reasoning_gym").create_dataset("gsm_symbolic", size=1, seed=2)
     rows = []
     speed_of_new = None
     tokenizer.padding_side = "right"
@@ -301,10 +287,7 @@ def main(argv: list[str] | None = None) -> str:
         texts, seconds, steps = generate_all(
             new_base, tokenizer, test_items[:n_gen], make_processors, max_new, 16
         )
-        correct = sum(
-            scorer.score_answer(extract_answer(t), it) >= 1.0
-            for t, it in zip(texts, test_items, strict=False)
-        )
+        correct = sum(is_correct(t, it) for t, it in zip(texts, test_items, strict=False))
         per_step = seconds / max(steps, 1)
         speed_of_new = speed_of_new or per_step
         rows.append((name, nll, correct / len(texts), speed_of_new / per_step))

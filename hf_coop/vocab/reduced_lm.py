@@ -169,18 +169,22 @@ class ReducedVocabTokenizer:
 
 class MaxNewBytesCriteria(StoppingCriteria):
     """Stop each row once its generated sub-tokens spell `max_new_bytes` bytes (a budget in text, not tokens,
-    so generators over different vocabularies can be compared on the same amount of text)."""
+    so generators over different vocabularies can be compared on the same amount of text), or once they
+    contain `stop_bytes` (e.g. b"\n\n" after a few-shot answer)."""
 
-    def __init__(self, nested: NestedTable, prompt_length: int, max_new_bytes: int):
+    def __init__(
+        self, nested: NestedTable, prompt_length: int, max_new_bytes: int, stop_bytes: bytes | None = None
+    ):
         self.nested = nested
         self.prompt_length = prompt_length
         self.max_new_bytes = max_new_bytes
+        self.stop_bytes = stop_bytes
+
+    def _done(self, new: bytes) -> bool:
+        return len(new) >= self.max_new_bytes or bool(self.stop_bytes and self.stop_bytes in new)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        done = [
-            len(self.nested.decode(row[self.prompt_length :].tolist())) >= self.max_new_bytes
-            for row in input_ids
-        ]
+        done = [self._done(self.nested.decode(row[self.prompt_length :].tolist())) for row in input_ids]
         return torch.tensor(done, device=input_ids.device)
 
 

@@ -319,6 +319,17 @@ def test_max_new_bytes_budget_stops_on_text_length(byte_level_tokenizer):
     spelled = [len(reduced.nested.decode(row[width:].tolist())) for row in out]
     assert max(spelled) >= 7 and out.shape[1] - width < 50
 
+    enc = reduced.tokenizer("It is", return_tensors="pt")
+    width = enc["input_ids"].shape[1]
+    free = reduced.generate(**enc, max_new_tokens=20, do_sample=False)[0, width:].tolist()
+    text = reduced.nested.decode(free)
+    stop = text[6:8]
+    stopped = StoppingCriteriaList([MaxNewBytesCriteria(reduced.nested, width, 1000, stop_bytes=stop)])
+    ids = reduced.generate(**enc, max_new_tokens=20, do_sample=False, stopping_criteria=stopped)[0, width:]
+    assert stop in reduced.nested.decode(ids.tolist())
+    assert stop not in reduced.nested.decode(ids[:-1].tolist())
+    assert text.startswith(reduced.nested.decode(ids.tolist()))
+
 
 def test_beam_search_rows_are_found_by_content(byte_level_tokenizer):
     """Beam search reorders and duplicates rows; each row's state follows its own sub-token sequence."""

@@ -410,34 +410,61 @@ class EnsembleScore(TextScore):
 
 @torch.no_grad()
 def ensemble_logprob(
-    ensemble: CommonVocabEnsemble, text: str, max_hypotheses: int | None = 8, prune_ratio: float = 1e-8
-) -> EnsembleScore:
+    ensemble: CommonVocabEnsemble,
+    text: str,
+    max_hypotheses: int | None = 8,
+    prune_ratio: float = 1e-8,
+    mixtures: Sequence[tuple[Sequence[float], str]] | None = None,
+) -> EnsembleScore | list[EnsembleScore]:
     """Score `text` under the ensemble, conditioned on each member's start token: the sum of the combined
     conditionals along the text's MCV tokens. Members keep every next token (no K-LVR, which cannot score
-    a given text); only the hypotheses carried forward are pruned, and the dropped mass is reported."""
+    a given text); only the hypotheses carried forward are pruned, and the dropped mass is reported.
+
+    `mixtures`: several (weights, mode) combinations of the same members scored in one pass (each member
+    runs once whatever the mixtures); a list of scores is returned, in order."""
     data = check_text(text)
     member0 = ensemble.members[0]
     sub_ids = member0.nested.encode_tokens(
         member0.tokenizer.original(text, add_special_tokens=False)["input_ids"]
     )
+    if mixtures is None:
+        mixes = [(torch.tensor(ensemble.weights, dtype=torch.float64), ensemble.config.mode)]
+    else:
+        mixes = []
+        for weights, mode in mixtures:
+            if mode not in MODES:
+                raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            mixes.append(
+                (torch.tensor(check_weights(weights, len(ensemble.members)), dtype=torch.float64), mode)
+            )
+    active = [m for m in range(len(ensemble.members)) if any(w[m] > 0 for w, _ in mixes)]
     settings = CoverSettings(None, max_hypotheses, prune_ratio)
-    active = [m for m, w in enumerate(ensemble.weights) if w > 0]
-    states = [
-        CoverState(
+    states = {
+        m: CoverState(
             ensemble.members[m].runner, [start_token_id(ensemble.members[m].tokenizer.original)], settings
         )
         for m in active
-    ]
-    weights = torch.tensor([ensemble.weights[m] for m in active], dtype=torch.float64)
-    total = 0.0
+    }
+    totals = [0.0] * len(mixes)
     for step, sub_id in enumerate(sub_ids):
-        member = torch.stack([ensemble.member_logprobs(m, s) for m, s in zip(active, states)])
-        total += combine(member, weights, ensemble.config.mode)[sub_id].item()
+        member = {m: ensemble.member_logprobs(m, state) for m, state in states.items()}
+        for i, (weights, mode) in enumerate(mixes):
+            used = [m for m in active if weights[m] > 0]
+            logprobs = torch.stack([member[m] for m in used])
+            totals[i] += combine(logprobs, weights[used], mode)[sub_id].item()
         if step + 1 < len(sub_ids):
-            for state in states:
+            for state in states.values():
                 state.advance(sub_id)
-    truncated = max(math.exp(s.truncated_logmass) for s in states)
-    return EnsembleScore(nats=total, n_bytes=len(data), n_tokens=len(sub_ids), truncated_mass=truncated)
+    scores = [
+        EnsembleScore(
+            nats=total,
+            n_bytes=len(data),
+            n_tokens=len(sub_ids),
+            truncated_mass=max(math.exp(states[m].truncated_logmass) for m in active if weights[m] > 0),
+        )
+        for total, (weights, _) in zip(totals, mixes)
+    ]
+    return scores if mixtures is not None else scores[0]
 
 
 class CommonVocabLogitsProcessor(LogitsProcessor):

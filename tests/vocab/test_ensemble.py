@@ -202,6 +202,19 @@ def test_generate_features_work(pair):
     )
     score = ensemble_logprob(ensemble, "It is a truth")
     assert score.nats < 0 and score.n_bytes == 13
+
+
+def test_mixtures_in_one_pass_equal_separate_scores(pair):
+    models, tokenizers = pair
+    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4)
+    mixtures = [((1, 0), "mean"), ((0, 1), "mean"), ((1, 2), "mean"), ((1, 2), "product")]
+    together = ensemble_logprob(ensemble, "It is a truth", 4, mixtures=mixtures)
+    for (weights, mode), score in zip(mixtures, together, strict=True):
+        ensemble.set_weights(weights)
+        ensemble.config.mode = mode
+        assert score.nats == pytest.approx(ensemble_logprob(ensemble, "It is a truth", 4).nats, abs=1e-9)
+    with pytest.raises(ValueError, match="weights"):
+        ensemble_logprob(ensemble, "It is", mixtures=[((0, 0), "mean")])
     byte_level = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4, sub_vocab="bytes")
     assert len(byte_level.tokenizer) == 257 and len(greedy_text(byte_level, PROMPTS[0], n=3)) == 3
 

@@ -269,7 +269,7 @@ class CoverState:
         twin = copy.copy(self)
         twin.hypotheses = [dataclasses.replace(h) for h in self.hypotheses]
         twin.sub_ids = list(self.sub_ids)
-        twin.held_back = {step: list(held) for step, held in self.held_back.items()}
+        twin.held_back = {step: [copy.copy(h) for h in held] for step, held in self.held_back.items()}
         for hyp in self.hypotheses:
             hyp.history.shared = True
         for held in self.held_back.values():

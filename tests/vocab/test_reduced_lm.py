@@ -163,6 +163,14 @@ def test_pruning_backs_up_when_the_text_leaves_every_kept_hypothesis(model64, to
     assert state.back_ups > 0
     assert state.kept_logmass <= exact + 1e-12
     assert exact <= math.log(math.exp(state.kept_logmass) + math.exp(state.truncated_logmass)) + 1e-12
+    forked = CoverState(runner, [start_token_id(tokenizer)], CoverSettings(max_hypotheses=1))
+    for byte in data[:3]:
+        forked.advance(byte)
+    twin = forked.fork()
+    for one in (forked, twin):  # each twin backs up on its own copies of the held-back histories
+        for byte in data[3:]:
+            one.advance(byte)
+        assert one.kept_logmass == pytest.approx(state.kept_logmass, abs=1e-12)
     stuck = CoverState(runner, [start_token_id(tokenizer)], CoverSettings(max_hypotheses=1, backtrack=0))
     with pytest.raises(ValueError, match="backtrack"):
         for byte in data:

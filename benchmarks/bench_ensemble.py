@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     for text in tqdm(passages, desc="passages", unit="passage"):
         for name, m, t in zip(args.models, models, tokenizers):
             nats[f"{name} alone, canonical tokens"] += canonical_logprob(m, t, text).nats
-        scores, took = _timed(
+        mixture_scores, took = _timed(
             ensemble_logprob, mcv_ens, text, args.k, args.prune_ratio, list(mixtures.values())
         )
         seconds["MCV ensemble (all four mixtures, one pass)"] += took
-        for label, score in zip(mixtures, scores):
+        for label, score in zip(mixtures, mixture_scores):
             nats[label] += score.nats
             dropped = max(dropped, score.truncated_mass)
         score, took = _timed(ensemble_logprob, byte_ens, text, args.k, args.prune_ratio)

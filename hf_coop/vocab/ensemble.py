@@ -445,11 +445,11 @@ def ensemble_logprob(
         )
         for m in active
     }
+    members_of = [[m for m in active if weights[m] > 0] for weights, _ in mixes]
     totals = [0.0] * len(mixes)
     for step, sub_id in enumerate(sub_ids):
         member = {m: ensemble.member_logprobs(m, state) for m, state in states.items()}
-        for i, (weights, mode) in enumerate(mixes):
-            used = [m for m in active if weights[m] > 0]
+        for i, ((weights, mode), used) in enumerate(zip(mixes, members_of)):
             logprobs = torch.stack([member[m] for m in used])
             totals[i] += combine(logprobs, weights[used], mode)[sub_id].item()
         if step + 1 < len(sub_ids):
@@ -460,9 +460,9 @@ def ensemble_logprob(
             nats=total,
             n_bytes=len(data),
             n_tokens=len(sub_ids),
-            truncated_mass=max(math.exp(states[m].truncated_logmass) for m in active if weights[m] > 0),
+            truncated_mass=max(math.exp(states[m].truncated_logmass) for m in used),
         )
-        for total, (weights, _) in zip(totals, mixes)
+        for total, used in zip(totals, members_of)
     ]
     return scores if mixtures is not None else scores[0]
 

@@ -213,8 +213,7 @@ class NestedTable:
         """`[depth, position]` -> sub-token at that depth (or -1) for the first few depths, where the
         ranges are widest; deeper lookups go through the flat splits."""
         depths = min(int(self.tau_len.max()), 6)
-        positions = torch.arange(len(self.order))
-        return torch.stack([self._keys_from_flat(positions, d) for d in range(depths)])
+        return torch.stack([self._keys_from_flat(self.all_positions, d) for d in range(depths)])
 
     def keys_at(self, positions: torch.Tensor, depth: int) -> torch.Tensor:
         """Sub-token at `depth` of the tokens at trie `positions`; -1 where the split is shorter."""

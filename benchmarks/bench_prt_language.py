@@ -1,16 +1,20 @@
 """Portable Reward Tuning on language, reduced to fit a shared CPU: GSM-symbolic worked answers.
 
-Old base: a small Llama (4 layers, width 128, tied embeddings) trained here from scratch with SmolLM2's
-tokenizer on the King James Bible (`apt-get install bible-kjv`). New base: SmolLM2-135M-Instruct (offline,
-`hf_coop.models.load_model`). A PRT reward (a copy of the old base) is trained through the frozen old base on
-GSM-symbolic problems with worked answers (reasoning-gym); EFT and proxy-tuning use the old base fine-tuned
-directly on the same data. All prompts use SmolLM2's chat template (the old models learn it as plain text).
+Old base: a small Llama (tied embeddings) trained here from scratch with SmolLM2's tokenizer on offline
+prose: Wikipedia (after the benchmarks' held-out slice) and the King James Bible (`apt-get install
+bible-kjv`). New base: SmolLM2-135M-Instruct (offline, `hf_coop.models.load_model`). A PRT reward (a copy of
+the old base) is trained through the frozen old base on GSM-symbolic problems with worked answers
+(reasoning-gym); EFT and proxy-tuning use the old base fine-tuned directly on the same data. All prompts use
+SmolLM2's chat template (the old models learn it as plain text).
 
 Reported on held-out problems: mean NLL per reference-answer token (teacher forcing), exact-answer accuracy
 with greedy decoding, and decoding speed relative to the new base alone (logits-processor forms of PRT, EFT
-and proxy-tuning, batch of left-padded prompts, KV caches everywhere).
+and proxy-tuning, batches of left-padded prompts, KV caches everywhere). The inference knobs (PRT's λ,
+proxy-tuning's α) are chosen on a separate validation split. Decoding speed is also measured with source
+models half as deep as the new base (SmolLM2's first 15 layers, untrained weights do not change the cost),
+the size ratio of the paper's Llama-2-7B → 13B pair.
 
-Run (about 15 minutes on one CPU thread):
+Run (about 80 minutes on one CPU thread):
     OMP_NUM_THREADS=1 python benchmarks/bench_prt_language.py
 `--fast` runs a tiny smoke version and writes nothing.
 """
@@ -19,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,13 +32,14 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import HELD_OUT_SKIP  # noqa: E402
 from gsm import is_correct, problems  # noqa: E402
 from results import write_section  # noqa: E402
 
+from hf_coop.assets import kjv_text, wikipedia_prose  # noqa: E402
 from hf_coop.models import load_model  # noqa: E402
 from hf_coop.prt import (  # noqa: E402
     EFTLogitsProcessor,
-    ProxyTuningLogitsProcessor,
     PRTConfig,
     PRTLogitsProcessor,
     PRTTrainer,
@@ -47,24 +50,24 @@ from hf_coop.prt.core import eft_log_probs, proxy_tuning_log_probs, prt_log_prob
 NEW_BASE = "smollm2-135m-instruct"
 
 
-def bible_text() -> str:
-    """The KJV Bible without verse references."""
-    raw = subprocess.run(
-        ["bible", "-f", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True
-    ).stdout
-    return "\n".join(re.sub(r"^\S+\s", "", line) for line in raw.splitlines() if line.strip())
+def pretraining_ids(tokenizer) -> torch.Tensor:
+    """Token ids of the old base's pretraining text: Wikipedia prose past the held-out slice, then the KJV."""
+    text = wikipedia_prose(10**9, skip_bytes=2 * HELD_OUT_SKIP) + "\n\n" + kjv_text()
+    return torch.tensor(tokenizer(text).input_ids)
 
 
-def pretrain_old_base(tokenizer, steps: int, seq_len: int = 128, batch: int = 8) -> LlamaForCausalLM:
+def pretrain_old_base(
+    tokenizer, steps: int, width: int, layers: int, seq_len: int = 256, batch: int = 8
+) -> LlamaForCausalLM:
     """A small Llama trained from scratch (stands in for an older, weaker foundation model)."""
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=width,
+        intermediate_size=3 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // 32,
+        num_key_value_heads=width // 64,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -72,19 +75,33 @@ def pretrain_old_base(tokenizer, steps: int, seq_len: int = 128, batch: int = 8)
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
-    ids = torch.tensor(tokenizer(bible_text()).input_ids)
+    ids = pretraining_ids(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=generator).tolist()
         chunk = torch.stack([ids[s : s + seq_len] for s in starts])
-        model(input_ids=chunk, labels=chunk).loss.backward()
+        loss = model(input_ids=chunk, labels=chunk).loss
+        loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"pretrain step {step}: loss {loss.item():.3f}", flush=True)
     return model.eval()
+
+
+def half_depth(model):
+    """A copy of `model` keeping its first half of decoder layers: a source model of half the cost."""
+    twin = copy.deepcopy(model)
+    keep = len(twin.model.layers) // 2
+    twin.model.layers = twin.model.layers[:keep]
+    twin.config.num_hidden_layers = keep
+    if getattr(twin.config, "layer_types", None):
+        twin.config.layer_types = twin.config.layer_types[:keep]
+    return twin
 
 
 def prompt_of(tokenizer, item: dict) -> str:
@@ -122,7 +139,7 @@ def train_args(output_dir: str, steps: int, cls=PRTTrainingArguments):
         output_dir=output_dir,
         max_steps=steps,
         per_device_train_batch_size=8,
-        learning_rate=2e-3,
+        learning_rate=1e-3,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
         report_to=[],
@@ -143,7 +160,7 @@ def answer_nll(methods: dict, dataset: Dataset, tokenizer, batch: int = 8) -> di
     for start in range(0, len(dataset), batch):
         rows = pad([dataset[i] for i in range(start, min(start + batch, len(dataset)))])
         logits = {}
-        for models, _, _ in methods.values():
+        for models, _ in methods.values():
             for m in models:
                 if id(m) not in logits:
                     logits[id(m)] = m(
@@ -152,15 +169,16 @@ def answer_nll(methods: dict, dataset: Dataset, tokenizer, batch: int = 8) -> di
         targets = rows["labels"][:, 1:]
         keep = targets != -100
         count += int(keep.sum())
-        for name, (models, combine, _) in methods.items():
+        for name, (models, combine) in methods.items():
             log_probs = combine(*(logits[id(m)] for m in models))[:, :-1]
             nll = -log_probs.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
             totals[name] += float(nll[keep].sum())
     return {name: total / count for name, total in totals.items()}
 
 
-def generate_all(new_base, tokenizer, items, make_processors, max_new_tokens: int, batch: int):
-    """Greedy answers for `items`; returns (texts, seconds, decoding steps)."""
+def generate_all(new_base, tokenizer, items, make_processors, max_new_tokens: int, batch: int, fixed=False):
+    """Greedy answers for `items`; returns (texts, seconds, decoding steps). `fixed` decodes exactly
+    `max_new_tokens` steps (for timing)."""
     tokenizer.padding_side = "left"
     texts, seconds, steps = [], 0.0, 0
     for start in range(0, len(items), batch):
@@ -175,6 +193,7 @@ def generate_all(new_base, tokenizer, items, make_processors, max_new_tokens: in
         out = new_base.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens if fixed else None,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             logits_processor=make_processors(inputs.attention_mask),
@@ -185,25 +204,46 @@ def generate_all(new_base, tokenizer, items, make_processors, max_new_tokens: in
     return texts, seconds, steps
 
 
+def step_times(new_base, tokenizer, items, makers: dict, new_tokens: int, repeats: int = 2) -> dict:
+    """Seconds per decoding step of each processor set on one batch of `items`, best of `repeats`
+    interleaved runs (so load on a shared machine hits every method alike)."""
+    best = dict.fromkeys(makers, float("inf"))
+    for _ in range(repeats):
+        for name, make in makers.items():
+            _, seconds, steps = generate_all(
+                new_base, tokenizer, items, make, new_tokens, len(items), fixed=True
+            )
+            best[name] = min(best[name], seconds / steps)
+    return best
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--fast", action="store_true", help="tiny smoke run; writes nothing")
     parser.add_argument("--workdir", default="/tmp/bench_prt_language")
-    parser.add_argument("--eval-problems", type=int, default=32, help="held-out problems for accuracy")
+    parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems (NLL, accuracy)")
+    parser.add_argument("--pretrain-steps", type=int, default=200, help="old base: steps of 8×256 tokens")
+    parser.add_argument("--tune-steps", type=int, default=100, help="reward / fine-tune: steps of 8 problems")
+    parser.add_argument("--old-width", type=int, default=256)
+    parser.add_argument("--old-layers", type=int, default=6)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.time()
-    pretrain_steps, tune_steps, n_train, n_nll, n_gen, max_new = 150, 60, 480, 48, args.eval_problems, 128
+    n_train, n_val, n_test, max_new = 960, 48, args.eval_problems, args.max_new_tokens
+    pretrain_steps, tune_steps = args.pretrain_steps, args.tune_steps
     if args.fast:
-        pretrain_steps, tune_steps, n_train, n_nll, n_gen, max_new = 3, 2, 16, 8, 4, 8
+        pretrain_steps, tune_steps, n_train, n_val, n_test, max_new = 3, 2, 16, 4, 4, 8
 
     new_base, tokenizer = load_model(NEW_BASE)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    old_base = pretrain_old_base(tokenizer, pretrain_steps)
-    train_items, test_items = problems(n_train, seed=1), problems(max(n_nll, n_gen), seed=2)
+    old_base = pretrain_old_base(tokenizer, pretrain_steps, args.old_width, args.old_layers)
+    pretrain_minutes = (time.time() - started) / 60
+    train_items = problems(n_train, seed=1)
+    val_items, test_items = problems(n_val, seed=3), problems(n_test, seed=2)
     train_set = task_dataset(tokenizer, train_items)
     tokenizer.padding_side = "right"
 
@@ -228,99 +268,140 @@ def main(argv: list[str] | None = None) -> str:
     train_minutes = (time.time() - started) / 60
 
     vocab = len(tokenizer)
-    nll_set = task_dataset(tokenizer, test_items[:n_nll])
-    methods = {
-        "new base alone": ([new_base], lambda s: torch.log_softmax(s[..., :vocab].float(), -1), lambda m: []),
-        "old base alone": ([old_base], lambda s: torch.log_softmax(s[..., :vocab].float(), -1), None),
-        "old base fine-tuned": (
-            [old_finetuned],
-            lambda s: torch.log_softmax(s[..., :vocab].float(), -1),
-            None,
-        ),
-        "old base + PRT reward (training view)": (
-            [old_base, reward],
-            lambda s, r: prt_log_probs(s, r, 1.0, vocab),
-            None,
-        ),
-        "**new base + PRT reward**": (
-            [new_base, reward],
-            lambda s, r: prt_log_probs(s, r, 1.0, vocab),
-            lambda m: [PRTLogitsProcessor(reward, attention_mask=m, vocab_size=vocab)],
-        ),
-        "new base + PRT reward, inference λ = 4": (
-            [new_base, reward],
-            lambda s, r: prt_log_probs(s, r, 4.0, vocab),
-            None,
-        ),
-        "new base + PRT reward, inference λ = 16": (
-            [new_base, reward],
-            lambda s, r: prt_log_probs(s, r, 16.0, vocab),
-            None,
-        ),
-        "new base + EFT": (
+
+    def alone(model):
+        return ([model], lambda s: torch.log_softmax(s[..., :vocab].float(), -1))
+
+    def prt(temperature: float, base=new_base):
+        return ([base, reward], lambda s, r: prt_log_probs(s, r, temperature, vocab))
+
+    def proxy(alpha: float):
+        return (
             [new_base, old_finetuned, old_base],
-            lambda s, f, b: eft_log_probs(s, f, b, vocab),
-            lambda m: [EFTLogitsProcessor(old_finetuned, old_base, attention_mask=m, vocab_size=vocab)],
-        ),
-        "new base + proxy-tuning (α = 1)": (
-            [new_base, old_finetuned, old_base],
-            lambda s, f, b: proxy_tuning_log_probs(s, f, b, 1.0, vocab),
-            lambda m: [
-                ProxyTuningLogitsProcessor(old_finetuned, old_base, attention_mask=m, vocab_size=vocab)
-            ],
-        ),
-        "new base + proxy-tuning (α = 0.25)": (
-            [new_base, old_finetuned, old_base],
-            lambda s, f, b: proxy_tuning_log_probs(s, f, b, 0.25, vocab),
-            None,
-        ),
-    }
-    rows = []
-    speed_of_new = None
-    tokenizer.padding_side = "right"
-    nlls = answer_nll(methods, nll_set, tokenizer)
-    for name, (_, _, make_processors) in methods.items():
-        nll = nlls[name]
-        if make_processors is None:
-            rows.append((name, nll, None, None))
-            continue
-        texts, seconds, steps = generate_all(
-            new_base, tokenizer, test_items[:n_gen], make_processors, max_new, 16
+            lambda s, f, b: proxy_tuning_log_probs(s, f, b, alpha, vocab),
         )
-        correct = sum(is_correct(t, it) for t, it in zip(texts, test_items, strict=False))
-        per_step = seconds / max(steps, 1)
-        speed_of_new = speed_of_new or per_step
-        rows.append((name, nll, correct / len(texts), speed_of_new / per_step))
-        print(name, nll, correct, per_step, repr(texts[0][:200]))
+
+    # The inference knobs, chosen by answer NLL on the validation split.
+    temperatures, alphas = (1.0, 2.0, 4.0, 8.0, 16.0), (1.0, 0.5, 0.25, 0.125, 0.0625)
+    tokenizer.padding_side = "right"
+    val_nll = answer_nll(
+        {**{("prt", t): prt(t) for t in temperatures}, **{("proxy", a): proxy(a) for a in alphas}},
+        task_dataset(tokenizer, val_items),
+        tokenizer,
+    )
+    best_t = min(temperatures, key=lambda t: val_nll[("prt", t)])
+    best_a = min(alphas, key=lambda a: val_nll[("proxy", a)])
+    print("validation NLL", val_nll, "λ*", best_t, "α*", best_a, flush=True)
+
+    def prt_processors(m):
+        return [PRTLogitsProcessor(reward, attention_mask=m, vocab_size=vocab)]
+
+    def eft_processors(m):
+        return [EFTLogitsProcessor(old_finetuned, old_base, attention_mask=m, vocab_size=vocab)]
+
+    # name -> (models and combination for NLL, processors for generation or None for NLL only)
+    methods = {
+        "new base alone": (alone(new_base), lambda m: []),
+        "old base alone": (alone(old_base), None),
+        "old base fine-tuned": (alone(old_finetuned), None),
+        "old base + PRT reward (training view)": (prt(1.0, old_base), None),
+        "**new base + PRT reward (λ = 1)**": (prt(1.0), prt_processors),
+        f"new base + PRT reward, λ = {best_t:g} (validation)": (
+            prt(best_t),
+            None,
+        ),
+        "new base + EFT (= proxy-tuning α = 1)": (
+            ([new_base, old_finetuned, old_base], lambda s, f, b: eft_log_probs(s, f, b, vocab)),
+            eft_processors,
+        ),
+        f"new base + proxy-tuning, α = {best_a:g} (validation)": (proxy(best_a), None),
+    }
+    nlls = answer_nll(
+        {name: spec for name, (spec, _) in methods.items()}, task_dataset(tokenizer, test_items), tokenizer
+    )
+    rows = []
+    for name, (_, make_processors) in methods.items():
+        if make_processors is None:
+            rows.append((name, nlls[name], None, None))
+            continue
+        texts, seconds, steps = generate_all(new_base, tokenizer, test_items, make_processors, max_new, 16)
+        correct = sum(is_correct(t, it) for t, it in zip(texts, test_items, strict=True))
+        rows.append((name, nlls[name], correct / len(texts), seconds / max(steps, 1)))
+        print(name, nlls[name], correct, seconds / max(steps, 1), repr(texts[0][:200]), flush=True)
+    speed_of_new = rows[0][3]
+
+    # Decoding cost with sources half as deep as the new base (the paper's 7B -> 13B size ratio).
+    half = half_depth(new_base).eval()
+    half_twin = half_depth(new_base).eval()
+    timing_items = test_items[:16]
+    timing_steps = 48 if not args.fast else 4
+    per_step = step_times(
+        new_base,
+        tokenizer,
+        timing_items,
+        {
+            "new base alone": lambda m: [],
+            "PRT (one source-size forward per step)": lambda m: [
+                PRTLogitsProcessor(half, attention_mask=m, vocab_size=vocab)
+            ],
+            "EFT (two source-size forwards per step)": lambda m: [
+                EFTLogitsProcessor(half, half_twin, attention_mask=m, vocab_size=vocab)
+            ],
+        },
+        timing_steps,
+    )
     minutes = (time.time() - started) / 60
+    old_params = sum(p.numel() for p in old_base.parameters())
+
+    def fmt(value, pattern):
+        return "–" if value is None else pattern.format(value)
 
     lines = [
         "## PRT on GSM-symbolic (language, reduced)",
         "",
         "Command: `OMP_NUM_THREADS=1 python benchmarks/bench_prt_language.py` "
-        f"({minutes:.1f} min on 1 CPU thread, shared machine; training {train_minutes:.1f} min).",
+        f"({minutes:.1f} min on 1 CPU thread, shared machine; old-base pretraining {pretrain_minutes:.1f} min, "
+        f"reward and fine-tuning {train_minutes - pretrain_minutes:.1f} min).",
         "",
-        "Reduced from the issue's plan to fit a shared 2-core CPU: the old base is a 4-layer, width-128 Llama "
-        f"(SmolLM2 tokenizer, tied embeddings) trained from scratch for {pretrain_steps} steps of 8×128 tokens "
-        "on the KJV Bible only; the reward (PRT, λ = 1, α = 0) and the directly fine-tuned old model (for EFT "
-        f"and proxy-tuning) each get {tune_steps} steps of 8 problems from {n_train} GSM-symbolic problems "
-        "with worked answers (reasoning-gym 0.1.25, seed 1); the new base is SmolLM2-135M-Instruct. NLL is "
-        f"per reference-answer token over {n_nll} held-out problems (seed 2); accuracy is greedy decoding "
-        f"(≤ {max_new} new tokens, chat template) on the first {n_gen} of them, scored by reasoning-gym; speed "
-        "is decoding steps per second relative to the new base alone in the same run (batches of 16, "
-        "left-padded, KV caches; PRT/EFT/proxy as logits processors). Rows with '–' were scored by NLL only "
-        "(the λ rows reuse the reward trained at λ = 1 with a larger λ at inference). EFT and proxy-tuning with "
-        "α = 1 are the same distribution after renormalisation (log-softmax shifts cancel), hence equal NLL.",
+        f"Reduced from the issue's plan to fit a shared 2-core CPU: the old base is a {args.old_layers}-layer, "
+        f"width-{args.old_width} Llama ({old_params / 1e6:.1f}M parameters, most of them SmolLM2's 49,152-token "
+        f"embedding, tied) trained from scratch for {pretrain_steps} steps of 8×256 tokens on Wikipedia prose "
+        "and the KJV Bible; the reward (PRT, λ = 1, α = 0, initialised from the old base) and the directly "
+        f"fine-tuned old model (for EFT and proxy-tuning) each get {tune_steps} steps of 8 problems from "
+        f"{n_train} GSM-symbolic problems with worked answers (reasoning-gym 0.1.25, seed 1); the new base is "
+        f"SmolLM2-135M-Instruct. Inference knobs (PRT's λ in {{{', '.join(f'{t:g}' for t in temperatures)}}}, "
+        f"proxy-tuning's α in {{{', '.join(f'{a:g}' for a in alphas)}}}) are chosen by answer NLL on "
+        f"{n_val} validation problems (seed 3). Test: {n_test} held-out problems (seed 2): NLL per "
+        f"reference-answer token; accuracy of greedy decoding (≤ {max_new} new tokens, chat template, batches "
+        "of 16 left-padded prompts, KV caches, PRT/EFT as logits processors) scored by reasoning-gym; speed = "
+        "decoding steps per second relative to the new base alone in the same run. Rows with '–' were scored "
+        "by NLL only. EFT and proxy-tuning with α = 1 are the same distribution after renormalisation "
+        "(log-softmax shifts cancel), so one row stands for both.",
         "",
         "| model | answer NLL (nats/token) | accuracy | speed vs new base |",
         "|---|---|---|---|",
         *[
-            f"| {name} | {nll:.3f} | "
-            + ("–" if acc is None else f"{acc:.3f}")
-            + " | "
-            + ("–" if speed is None else f"×{speed:.2f}")
+            f"| {name} | {nll:.3f} | {fmt(acc, '{:.3f}')} | "
+            f"{fmt(None if sec is None else speed_of_new / sec, '×{:.2f}')} |"
+            for name, nll, acc, sec in rows
+        ],
+        "",
+        f"Decoding cost at the paper's size ratio: the same new base, with source models of half its depth "
+        f"(SmolLM2's first 15 of 30 layers plus its head; weights do not change the cost), {len(timing_items)} "
+        f"prompts × {timing_steps} greedy steps, best of 2 interleaved runs. Paper: PRT ×0.93 vs EFT ×0.65 "
+        "(Llama-2-7B → 13B).",
+        "",
+        "| decoding | ms per step | speed vs new base | PRT speed-up over EFT |",
+        "|---|---|---|---|",
+        *[
+            f"| {name} | {1000 * sec:.0f} | ×{per_step['new base alone'] / sec:.2f} | "
+            + (
+                f"{per_step['EFT (two source-size forwards per step)'] / sec:.2f}×"
+                if name.startswith("PRT")
+                else ""
+            )
             + " |"
-            for name, nll, acc, speed in rows
+            for name, sec in per_step.items()
         ],
     ]
     markdown = "\n".join(lines)

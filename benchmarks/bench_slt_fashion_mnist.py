@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results import write_section  # noqa: E402
 
 from hf_coop.slt import FrozenSLTConfig, apply_frozen_slt  # noqa: E402
+from hf_coop.slt.config import FROZEN_DISTRIBUTIONS, THRESHOLDS, WEIGHT_INITS  # noqa: E402
 from hf_coop.slt.tasks import ConvNet, accuracy, fashion_mnist_data, train_classifier  # noqa: E402
 
 
@@ -42,10 +43,26 @@ def weight_trained(args, data) -> dict:
 
 def ticket(args, data, sparsity: float, pruned: float, locked: float) -> dict:
     train_x, train_y, test_x, test_y = data
-    config = FrozenSLTConfig(sparsity=sparsity, pruned_ratio=pruned, locked_ratio=locked, seed=args.seed)
+    config = FrozenSLTConfig(
+        sparsity=sparsity,
+        pruned_ratio=pruned,
+        locked_ratio=locked,
+        seed=args.seed,
+        threshold=args.threshold,
+        frozen_distribution=args.frozen_distribution,
+        weight_init=args.weight_init,
+        score_weight_decay=args.score_weight_decay,
+    )
     slt = apply_frozen_slt(ConvNet(width=args.width), config)
     train_classifier(
-        slt, slt.optimizer_param_groups(), train_x, train_y, args.epochs, args.slt_lr, seed=args.seed
+        slt,
+        slt.optimizer_param_groups(),
+        train_x,
+        train_y,
+        args.epochs,
+        args.slt_lr,
+        seed=args.seed,
+        on_step=slt.update_thresholds if args.threshold == "global" else None,
     )
     with tempfile.TemporaryDirectory() as folder:
         report = slt.save_pretrained(folder)
@@ -66,6 +83,14 @@ def main() -> None:
     parser.add_argument("--slt-lr", type=float, default=0.1)
     parser.add_argument("--dense-lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold", choices=THRESHOLDS, default="per_layer")
+    parser.add_argument("--frozen-distribution", choices=FROZEN_DISTRIBUTIONS, default="uniform")
+    parser.add_argument(
+        "--weight-init",
+        choices=WEIGHT_INITS,
+        default="signed_kaiming_constant",
+    )
+    parser.add_argument("--score-weight-decay", type=float, default=0.0)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
     parser.add_argument("--freeze-ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--section", default="slt_fashion_mnist", help="RESULTS.md section to (re)write")
@@ -94,6 +119,13 @@ def main() -> None:
         f"OMP_NUM_THREADS=1 python benchmarks/bench_slt_fashion_mnist.py --train-limit {args.train_limit} "
         f"--epochs {args.epochs} --width {args.width} --slt-lr {args.slt_lr} --dense-lr {args.dense_lr} "
         f"--seed {args.seed}"
+        + (
+            ""
+            if (args.threshold, args.frozen_distribution, args.weight_init, args.score_weight_decay)
+            == ("per_layer", "uniform", "signed_kaiming_constant", 0.0)
+            else f" --threshold {args.threshold} --frozen-distribution {args.frozen_distribution} "
+            f"--weight-init {args.weight_init} --score-weight-decay {args.score_weight_decay}"
+        )
         + ("" if args.test_limit is None else f" --test-limit {args.test_limit}")
         + f" --sparsities {' '.join(map(str, args.sparsities))}"
         + f" --freeze-ratios {' '.join(map(str, args.freeze_ratios))} --section {args.section}"
@@ -106,20 +138,28 @@ def main() -> None:
         f"Reductions for a shared 2-core CPU: Conv6-style net at width {args.width} (channels {args.width}/"
         f"{2 * args.width}/{4 * args.width}, fc {4 * args.width}), first {args.train_limit} training images, "
         f"{'all 10000' if args.test_limit is None else args.test_limit} test images, {args.epochs} epochs "
-        f"of SGD (momentum 0.9, cosine; lr {args.slt_lr} for scores, {args.dense_lr} for weights), one seed. "
+        f"of SGD (momentum 0.9, cosine; lr {args.slt_lr} for scores, {args.dense_lr} for weights), one seed; "
+        f"{args.threshold.replace('_', '-')} threshold, {args.frozen_distribution} spread of the frozen counts, "
+        f"{args.weight_init.replace('_', ' ')} weights, score weight decay {args.score_weight_decay:g}. "
         "The paper trains full CIFAR-10 for 100+ epochs, so absolute accuracies here are lower; the "
         "comparison between rows is the point. Frozen ratio f splits into pruned p = f·s and locked "
         "r = f·(1 − s). Compact size = the whole saved folder (config, manifest with checksums, mask bits, "
         "batch-norm statistics); mask = the packed-bit file alone.",
         "",
         "| model | sparsity s | pruned p | locked r | test accuracy | saved bytes | mask bytes "
-        "| vs dense fp32 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| vs dense fp32 | vs dense-source SLT (folder / mask) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    dense_source = {s: (size, mask) for name, s, _, _, _, size, mask in rows if name == "SLT, dense source"}
     for name, s, p, r, acc, size, mask in rows:
+        versus = (
+            f"{dense_source[s][0] / size:.2f}× / {dense_source[s][1] / mask:.2f}×"
+            if s in dense_source
+            else "-"
+        )
         lines.append(
             f"| {name} | {s} | {p} | {r} | {acc:.4f} | {size:,} | {'-' if mask is None else f'{mask:,}'} | "
-            f"{dense['bytes'] / size:.1f}× |"
+            f"{dense['bytes'] / size:.1f}× | {versus} |"
         )
     write_section(args.section, "\n".join(lines))
     print("\n".join(lines))

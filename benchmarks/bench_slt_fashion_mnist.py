@@ -85,11 +85,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", choices=THRESHOLDS, default="per_layer")
     parser.add_argument("--frozen-distribution", choices=FROZEN_DISTRIBUTIONS, default="uniform")
-    parser.add_argument(
-        "--weight-init",
-        choices=WEIGHT_INITS,
-        default="signed_kaiming_constant",
-    )
+    parser.add_argument("--weight-init", choices=WEIGHT_INITS, default="signed_kaiming_constant")
     parser.add_argument("--score-weight-decay", type=float, default=0.0)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
     parser.add_argument("--freeze-ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
@@ -119,13 +115,8 @@ def main() -> None:
         f"OMP_NUM_THREADS=1 python benchmarks/bench_slt_fashion_mnist.py --train-limit {args.train_limit} "
         f"--epochs {args.epochs} --width {args.width} --slt-lr {args.slt_lr} --dense-lr {args.dense_lr} "
         f"--seed {args.seed}"
-        + (
-            ""
-            if (args.threshold, args.frozen_distribution, args.weight_init, args.score_weight_decay)
-            == ("per_layer", "uniform", "signed_kaiming_constant", 0.0)
-            else f" --threshold {args.threshold} --frozen-distribution {args.frozen_distribution} "
-            f"--weight-init {args.weight_init} --score-weight-decay {args.score_weight_decay}"
-        )
+        + f" --threshold {args.threshold} --frozen-distribution {args.frozen_distribution}"
+        + f" --weight-init {args.weight_init} --score-weight-decay {args.score_weight_decay}"
         + ("" if args.test_limit is None else f" --test-limit {args.test_limit}")
         + f" --sparsities {' '.join(map(str, args.sparsities))}"
         + f" --freeze-ratios {' '.join(map(str, args.freeze_ratios))} --section {args.section}"

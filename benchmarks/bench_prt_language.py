@@ -359,7 +359,9 @@ def main(argv: list[str] | None = None) -> str:
     lines = [
         "## PRT on GSM-symbolic (language, reduced)",
         "",
-        "Command: `OMP_NUM_THREADS=1 python benchmarks/bench_prt_language.py` "
+        "Command: `OMP_NUM_THREADS=1 python benchmarks/bench_prt_language.py "
+        f"--eval-problems {n_test} --pretrain-steps {pretrain_steps} --tune-steps {tune_steps} "
+        f"--old-width {args.old_width} --old-layers {args.old_layers} --max-new-tokens {max_new}` "
         f"({minutes:.1f} min on 1 CPU thread, shared machine; old-base pretraining {pretrain_minutes:.1f} min, "
         f"reward and fine-tuning {train_minutes - pretrain_minutes:.1f} min).",
         "",

@@ -306,10 +306,7 @@ def main(argv: list[str] | None = None) -> str:
         "old base fine-tuned": (alone(old_finetuned), None),
         "old base + PRT reward (training view)": (prt(1.0, old_base), None),
         "**new base + PRT reward (λ = 1)**": (prt(1.0), prt_processors),
-        f"new base + PRT reward, λ = {best_t:g} (validation)": (
-            prt(best_t),
-            None,
-        ),
+        f"new base + PRT reward, λ = {best_t:g} (validation)": (prt(best_t), None),
         "new base + EFT (= proxy-tuning α = 1)": (
             ([new_base, old_finetuned, old_base], lambda s, f, b: eft_log_probs(s, f, b, vocab)),
             eft_processors,
@@ -335,18 +332,19 @@ def main(argv: list[str] | None = None) -> str:
     half_twin = half_depth(new_base).eval()
     timing_items = test_items[:16]
     timing_steps = 48 if not args.fast else 4
+    alone_name, prt_name, eft_name = (
+        "new base alone",
+        "PRT (one source-size forward per step)",
+        "EFT (two source-size forwards per step)",
+    )
     per_step = step_times(
         new_base,
         tokenizer,
         timing_items,
         {
-            "new base alone": lambda m: [],
-            "PRT (one source-size forward per step)": lambda m: [
-                PRTLogitsProcessor(half, attention_mask=m, vocab_size=vocab)
-            ],
-            "EFT (two source-size forwards per step)": lambda m: [
-                EFTLogitsProcessor(half, half_twin, attention_mask=m, vocab_size=vocab)
-            ],
+            alone_name: lambda m: [],
+            prt_name: lambda m: [PRTLogitsProcessor(half, attention_mask=m, vocab_size=vocab)],
+            eft_name: lambda m: [EFTLogitsProcessor(half, half_twin, attention_mask=m, vocab_size=vocab)],
         },
         timing_steps,
     )
@@ -389,19 +387,16 @@ def main(argv: list[str] | None = None) -> str:
         ],
         "",
         f"Decoding cost at the paper's size ratio: the same new base, with source models of half its depth "
-        f"(SmolLM2's first 15 of 30 layers plus its head; weights do not change the cost), {len(timing_items)} "
+        f"(SmolLM2's first {len(half.model.layers)} of {len(new_base.model.layers)} layers plus its head; "
+        f"weights do not change the cost), {len(timing_items)} "
         f"prompts × {timing_steps} greedy steps, best of 2 interleaved runs. Paper: PRT ×0.93 vs EFT ×0.65 "
         "(Llama-2-7B → 13B).",
         "",
         "| decoding | ms per step | speed vs new base | PRT speed-up over EFT |",
         "|---|---|---|---|",
         *[
-            f"| {name} | {1000 * sec:.0f} | ×{per_step['new base alone'] / sec:.2f} | "
-            + (
-                f"{per_step['EFT (two source-size forwards per step)'] / sec:.2f}×"
-                if name.startswith("PRT")
-                else ""
-            )
+            f"| {name} | {1000 * sec:.0f} | ×{per_step[alone_name] / sec:.2f} | "
+            + (f"{per_step[eft_name] / sec:.2f}×" if name == prt_name else "")
             + " |"
             for name, sec in per_step.items()
         ],

@@ -25,9 +25,10 @@ from benchmarks.results import write_section
 from hf_coop.assets import wikipedia_prose
 from hf_coop.models import load_model
 from hf_coop.scoring import canonical_logprob
-from hf_coop.vocab.ensemble import CommonVocabEnsemble, ensemble_logprob
+from hf_coop.vocab.ensemble import CommonVocabEnsemble
 from hf_coop.vocab.mcv import maximal_common_vocabulary
 from hf_coop.vocab.reduced_lm import MaxNewBytesCriteria
+from hf_coop.vocab.scoring import ensemble_logprob
 
 PROMPT = "The history of the city begins"
 
@@ -52,7 +53,6 @@ def plain_seconds_per_byte(model, tokenizer, gen_bytes: int) -> float:
 
 @torch.no_grad()
 def ensemble_seconds_per_byte(ensemble: CommonVocabEnsemble, gen_bytes: int) -> tuple[float, str]:
-    ensemble.reset()
     inputs = ensemble.tokenizer(PROMPT, return_tensors="pt")
     width = inputs["input_ids"].shape[1]
     budget = MaxNewBytesCriteria(ensemble.members[0].nested, width, gen_bytes)

@@ -48,7 +48,6 @@ def plain_answers(model, tokenizer, prompts: list[str], max_bytes: int) -> list[
 
 @torch.no_grad()
 def ensemble_answer(ensemble: CommonVocabEnsemble, prompt: str, max_bytes: int) -> str:
-    ensemble.reset()
     inputs = ensemble.tokenizer(prompt, return_tensors="pt")
     width = inputs["input_ids"].shape[1]
     stop = MaxNewBytesCriteria(ensemble.members[0].nested, width, max_bytes, stop_bytes=STOP.encode())

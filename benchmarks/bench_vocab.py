@@ -27,8 +27,8 @@ from benchmarks.corpus import held_out_passages
 from benchmarks.results import write_section
 from hf_coop.models import load_model
 from hf_coop.scoring import canonical_logprob
-from hf_coop.vocab.marginal import canonical_sub_sequence_logprob, prefix_logprob
 from hf_coop.vocab.reduced_lm import MaxNewBytesCriteria, ReducedVocabLM
+from hf_coop.vocab.scoring import canonical_sub_sequence_logprob, prefix_logprob
 from hf_coop.vocab.sub_vocabulary import SubVocabulary
 from hf_coop.vocab.token_bytes import token_bytes
 

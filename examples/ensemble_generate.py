@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> dict:
     text = ensemble.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     print(f"ensemble (mean)      : {args.prompt}{text}")
 
-    ensemble.reset()
     processor = CommonVocabLogitsProcessor(ensemble, driver=0)
     driver_inputs = processor.encode(args.prompt)
     with torch.no_grad():

@@ -8,10 +8,10 @@ import sys
 
 # Modules exposing `add_subcommands(subparsers)`; each subcommand sets `func(args) -> int | None`.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "hf_coop.scoring",
+    "hf_coop.commands.score",
     "hf_coop.demo",
-    "hf_coop.vocab.mcv",
-    "hf_coop.vocab.ensemble",
+    "hf_coop.commands.mcv",
+    "hf_coop.commands.ensemble",
     "hf_coop.slt.cli",
     "hf_coop.prt.cli",
 )

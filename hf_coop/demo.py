@@ -43,7 +43,8 @@ def run_demo(
     k: int = 4,
     score_bytes: int = 400,
 ) -> None:
-    from hf_coop.vocab.ensemble import CommonVocabEnsemble, ensemble_logprob
+    from hf_coop.vocab.ensemble import CommonVocabEnsemble
+    from hf_coop.vocab.scoring import ensemble_logprob
 
     passage = bundled_passage().encode()[:score_bytes].decode("utf-8", "ignore")
     print(

@@ -207,3 +207,23 @@ def tiny_sequence_classifier(
     )
     torch.manual_seed(seed)
     return LlamaForSequenceClassification(config).eval()
+
+
+# --- vocabulary engine ---
+
+
+@torch.no_grad()
+def rescore_alone(model, inputs: dict, tokens: list[int]) -> torch.Tensor:
+    """Next-token logits of an engine model (`ReducedVocabLM`, `CommonVocabEnsemble`) after one prompt
+    (`inputs`: a batch of one) and after each of `tokens` in turn, with a fresh state: the oracle that a
+    row of any batch must equal. Stops after an end-of-sequence token. Shape `[steps, vocab]`."""
+    eos = set(model.generation_config.eos_token_id or [])
+    cache = model.new_cache()
+    ids = inputs["input_ids"]
+    rows = [model(**inputs, cache=cache).logits[0, -1]]
+    for token in tokens:
+        if token in eos:
+            break
+        ids = torch.cat([ids, torch.tensor([[token]], device=ids.device)], dim=1)
+        rows.append(model(input_ids=ids, cache=cache).logits[0, -1])
+    return torch.stack(rows)

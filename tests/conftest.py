@@ -1,7 +1,10 @@
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the vocabulary engine's table cache: a fresh folder per run, so tests never read a stale user cache
+os.environ["HF_COOP_TABLES"] = tempfile.mkdtemp(prefix="hf_coop_tables_")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from hf_coop.scoring import canonical_logprob, read_text_argument, start_token_id
+from hf_coop.commands.score import read_text_argument
+from hf_coop.scoring import canonical_logprob, start_token_id
 from hf_coop.testing import bundled_passage, tiny_causal_lm
 
 

@@ -1,4 +1,4 @@
-"""The maximal common vocabulary (MCV) of several tokenizers (shared/DESIGN.md §1).
+"""The maximal common vocabulary (MCV) of several tokenizers.
 
 The MCV is the largest set of byte strings that every vocabulary holds (control tokens excluded), plus all
 256 single bytes, closed under each tokenizer's BPE merges: every multi-byte string that a tokenizer builds
@@ -16,16 +16,14 @@ member's tokens, which raises that agreement.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from hf_coop.vocab.sub_vocabulary import ALL_BYTES, NestedTable, SubVocabulary, _piece_bytes
+from hf_coop.vocab.sub_vocabulary import ALL_BYTES, SubVocabulary, _piece_bytes
 from hf_coop.vocab.token_bytes import TokenBytes, token_bytes
 
 SPLITS = ("merges", "longest", "common")
@@ -84,19 +82,36 @@ class CommonSplit:
     number of merges; the best over members). Tokens with the same bytes get the same split in every member,
     and merges agree across members more often than with each tokenizer's own order."""
 
-    def __init__(self, mcv: SubVocabulary, merge_lists: Sequence[list[tuple[bytes, bytes]]]):
-        self.ranks: dict[tuple[bytes, bytes], float] = {}
-        for merges in merge_lists:
+    def __init__(self, mcv: SubVocabulary, tokenizers: Sequence[PreTrainedTokenizerBase]):
+        from hf_coop.vocab.table_cache import tokenizer_fingerprint
+
+        # what the tables built with this split depend on (their cache key)
+        self.key = {"common": [tokenizer_fingerprint(t) for t in tokenizers], "mcv": mcv.fingerprint()}
+        self.mcv, self.tokenizers = mcv, list(tokenizers)
+        self._ranks: dict[tuple[bytes, bytes], float] | None = None
+
+    @property
+    def ranks(self) -> dict[tuple[bytes, bytes], float]:
+        """Built on first use: a table cache hit never needs the merges."""
+        if self._ranks is None:
+            self._ranks = self._build_ranks()
+        return self._ranks
+
+    def _build_ranks(self) -> dict[tuple[bytes, bytes], float]:
+        mcv, ranks = self.mcv, {}
+        for merges in (ordered_merges(t, token_bytes(t)) for t in self.tokenizers):
             for rank, (a, b) in enumerate(merges):
                 if a in mcv.strings and b in mcv.strings and a + b in mcv.strings:
-                    self.ranks[(a, b)] = min(self.ranks.get((a, b), 1.0), rank / len(merges))
+                    ranks[(a, b)] = min(ranks.get((a, b), 1.0), rank / len(merges))
+        return ranks
 
     def __call__(self, data: bytes) -> list[bytes]:
+        ranks = self.ranks
         pieces = [bytes([b]) for b in data]
         while len(pieces) > 1:
             best, where = None, -1
             for i in range(len(pieces) - 1):
-                rank = self.ranks.get((pieces[i], pieces[i + 1]))
+                rank = ranks.get((pieces[i], pieces[i + 1]))
                 if rank is not None and (best is None or rank < best):
                     best, where = rank, i
             if best is None:
@@ -147,6 +162,31 @@ def _agreement(boundary_sets: list[set[int]]) -> float:
     return len(set.intersection(*boundary_sets)) / len(union) if union else 1.0
 
 
+def _closed_common_strings(tokenizers: Sequence[PreTrainedTokenizerBase]) -> tuple[SubVocabulary, int]:
+    """The MCV and the number of strings common to every vocabulary before the closure (bytes included)."""
+    tables = [token_bytes(t) for t in tokenizers]  # TokenBytesError names a tokenizer with no byte mapping
+    common = set.intersection(*({b for b in t.byte_strings if b} for t in tables))
+    merge_lists = [ordered_merges(tok, table) for tok, table in zip(tokenizers, tables)]
+    kept = merge_closure(common, [producing_merges(m) for m in merge_lists])
+    return SubVocabulary(frozenset(kept), "mcv"), len(common | ALL_BYTES)
+
+
+def common_vocabulary(*tokenizers: PreTrainedTokenizerBase) -> tuple[SubVocabulary, int]:
+    """`(MCV, number of common strings before the closure)`, from the table cache when it was built before."""
+    from hf_coop.vocab.table_cache import cached, pack_bytes, tokenizer_fingerprint, unpack_bytes
+
+    def to_arrays(value):
+        mcv, common = value
+        return {f"mcv.{k}": v for k, v in pack_bytes(mcv.ordered()).items()}, {"common": common}
+
+    def from_arrays(arrays, meta):
+        strings = unpack_bytes({k[4:]: v for k, v in arrays.items() if k.startswith("mcv.")})
+        return SubVocabulary(frozenset(strings), "mcv"), meta["common"]
+
+    key = {"tokenizers": [tokenizer_fingerprint(t) for t in tokenizers]}
+    return cached("mcv", key, lambda: _closed_common_strings(tokenizers), to_arrays, from_arrays)
+
+
 def maximal_common_vocabulary(
     *tokenizers: PreTrainedTokenizerBase,
     split: str = "merges",
@@ -159,27 +199,24 @@ def maximal_common_vocabulary(
         raise ValueError("give at least one tokenizer")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    tables = [token_bytes(t) for t in tokenizers]  # TokenBytesError names a tokenizer with no byte mapping
-    common = set.intersection(*({b for b in t.byte_strings if b} for t in tables))
-    merge_lists = [ordered_merges(tok, table) for tok, table in zip(tokenizers, tables)]
-    kept = merge_closure(common, [producing_merges(m) for m in merge_lists])
-    mcv = SubVocabulary(frozenset(kept), "mcv")
+    mcv, common = common_vocabulary(*tokenizers)
     report = MCVReport(
         tokenizers=list(names or [getattr(t, "name_or_path", type(t).__name__) for t in tokenizers]),
-        size=len(kept),
-        common_strings=len(common | ALL_BYTES),
-        dropped_by_closure=len(common | ALL_BYTES) - len(kept),
-        special_tokens_excluded=[len(t.special_ids) for t in tables],
+        size=len(mcv.strings),
+        common_strings=common,
+        dropped_by_closure=common - len(mcv.strings),
+        special_tokens_excluded=[len(token_bytes(t).special_ids) for t in tokenizers],
         split=split,
     )
     if text:
-        splitter = CommonSplit(mcv, merge_lists) if split == "common" else split
+        splitter = resolve_split(split, mcv, tokenizers)
         data = text.encode("utf-8")
         original, nested = [], []
-        for tok, table in zip(tokenizers, tables):
+        for tok in tokenizers:
+            table = token_bytes(tok)
             ids = tok(text, add_special_tokens=False)["input_ids"]
             original.append(_boundaries(table, [table[i] or b"" for i in ids], data))
-            n = NestedTable.build(tok, mcv, split=splitter)
+            n = mcv.nested_table(tok, split=splitter)
             pieces = [n.sub_strings[s] for s in n.encode_tokens(ids)]
             nested.append(_boundaries(table, pieces, data))
             if report.mean_bytes_per_token is None:
@@ -199,38 +236,4 @@ def resolve_split(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split != "common":
         return split
-    return CommonSplit(mcv, [ordered_merges(t, token_bytes(t)) for t in tokenizers])
-
-
-def _run_mcv(args: argparse.Namespace) -> int:
-    from hf_coop.models import load_tokenizer
-    from hf_coop.scoring import read_text_argument
-
-    if len(args.tokenizers) < 2:
-        raise ValueError("give at least two tokenizers (demo model names, folders or hub ids)")
-    text = read_text_argument(None, args.text) if args.text else None
-    tokenizers = [load_tokenizer(name) for name in args.tokenizers]
-    _, report = maximal_common_vocabulary(*tokenizers, split=args.split, text=text, names=args.tokenizers)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return 0
-    out = sys.stdout
-    out.write(f"MCV of {', '.join(args.tokenizers)}: {report.size} strings ({report.common_strings} common, ")
-    out.write(f"{report.dropped_by_closure} dropped by merge closure)\n")
-    out.write(f"special tokens excluded per tokenizer: {report.special_tokens_excluded}\n")
-    if report.boundary_agreement is not None:
-        out.write(
-            f"on {report.text_bytes} bytes: original boundary agreement {report.original_boundary_agreement:.3f}, "
-            f"nested ({report.split}) {report.boundary_agreement:.3f}, conflict rate {report.conflict_rate:.3f}, "
-            f"{report.mean_bytes_per_token:.2f} bytes per MCV token\n"
-        )
-    return 0
-
-
-def add_subcommands(subparsers) -> None:
-    p = subparsers.add_parser("mcv", help="maximal common vocabulary of several tokenizers, with its report")
-    p.add_argument("tokenizers", nargs="+", help="demo model names, local folders or hub ids")
-    p.add_argument("--text", help="UTF-8 file on which to measure the members' boundary agreement")
-    p.add_argument("--split", choices=SPLITS, default="merges", help="how members split tokens into MCV")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_run_mcv)
+    return CommonSplit(mcv, tokenizers)

@@ -1,176 +1,94 @@
 """`ReducedVocabLM`: a causal LM re-expressed over a sub-vocabulary, generating through Hugging Face `generate`.
 
     reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1)
-    inputs = reduced.tokenizer("The capital of France is", return_tensors="pt")
+    inputs = reduced.tokenizer(["The capital of France is", "It is"], return_tensors="pt")
     out = reduced.generate(**inputs, max_new_tokens=40, do_sample=False)
-    print(reduced.tokenizer.decode(out[0]))
+    print(reduced.tokenizer.batch_decode(out))
 
 Its vocabulary is the sub-vocabulary (plus one atomic id per special token of the original tokenizer), and
 its next-token distribution is the original model's pushed through the nested tokenization (exact when
 `top_k` is None; the paper's K-LVR otherwise). Prompts are tokenized canonically by the original tokenizer
-(with its special tokens and chat template) and then split into sub-tokens, so a prompt means the same to
-both models. Each generated row keeps its own relative-cover state (histories with their own KV caches),
-found again by content at every step, so greedy, sampling, beam search, stopping criteria, streamers and
-user logits processors all work unchanged.
+(with its special tokens and chat template), split into sub-tokens, and the original tokens travel with them.
+Every row's relative-cover state lives in the `EngineCache` that `generate` threads through its loop, and
+every step runs one batched forward of the original model for all rows and hypotheses.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import (
-    BatchEncoding,
     GenerationConfig,
-    GenerationMixin,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
 )
-from transformers.modeling_outputs import CausalLMOutput
 
-from hf_coop.vocab.relative_cover import CoverSettings, CoverState, ModelRunner
+from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_padded, pad_logprobs
+from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
+from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.sub_vocabulary import NestedTable, SubVocabulary
+from hf_coop.vocab.tokenizers import PromptError, ReducedVocabTokenizer
 
 
 class ReducedVocabConfig(PretrainedConfig):
+    """The sub-vocabulary, the engine settings and the nested table's fingerprint."""
+
     model_type = "hf_coop_reduced_vocab"
 
     def __init__(
         self,
         vocab_size: int = 256,
         sub_vocab: str = "bytes",
-        lvr_top_k: int | None = None,
-        max_hypotheses: int | None = None,
-        prune_ratio: float = 0.0,
+        split: str = "merges",
+        engine: dict | None = None,
         nested_fingerprint: str | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
         self.sub_vocab = sub_vocab
-        self.lvr_top_k = lvr_top_k  # not `top_k`: generate would read that as its own sampling knob
-        self.max_hypotheses = max_hypotheses
-        self.prune_ratio = prune_ratio
+        self.split = split
+        self.engine = EngineSettings.from_dict(engine).to_dict()
         self.nested_fingerprint = nested_fingerprint
         super().__init__(**kwargs)
 
 
-class PromptError(ValueError):
-    """A prompt that the original tokenizer cannot turn back into the same sub-tokens."""
+def engine_settings(
+    settings: EngineSettings | None,
+    top_k: int | None,
+    max_hypotheses: int | None,
+    prune_ratio: float,
+    **options,
+) -> EngineSettings:
+    """`settings` as given, or built from the keyword knobs (`top_k` is `tokens_per_boundary`)."""
+    if settings is not None:
+        return settings
+    return EngineSettings(
+        tokens_per_boundary=top_k, max_hypotheses=max_hypotheses, prune_ratio=prune_ratio, **options
+    )
 
 
-class ReducedVocabTokenizer:
-    """Tokenizes like the original tokenizer, then splits each token into sub-tokens; decodes sub-tokens.
+def eos_sub_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, nested: NestedTable) -> list[int]:
+    """The sub-tokens that end a sequence: the tokenizer's EOS and the model's generation-config EOS ids."""
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    control = nested.control_sub_id
+    return sorted({control[i] for i in [tokenizer.eos_token_id, *ids] if i in control})
 
-    Every encoded prompt is remembered (sub-token ids -> original ids), so the model can recover the exact
-    original tokens of a prompt, special and chat-template tokens included.
-    """
 
-    padding_side = "left"
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, nested: NestedTable):
-        self.original = tokenizer
-        self.nested = nested
-        self.prompts: dict[tuple[int, ...], list[int]] = {}
-        control = nested.control_sub_id
-        self.eos_token_id = control.get(tokenizer.eos_token_id)
-        self.bos_token_id = control.get(tokenizer.bos_token_id)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_token_id = control.get(pad)
-
-    def __len__(self) -> int:
-        return self.nested.num_sub_tokens
-
-    def from_original_ids(self, original_ids: list[int]) -> list[int]:
-        """Split original token ids into sub-token ids and remember them as a prompt."""
-        if not original_ids:
-            raise PromptError("the prompt is empty; give at least one token (e.g. the BOS token)")
-        sub_ids = self.nested.encode_tokens(original_ids)
-        self.prompts[tuple(sub_ids)] = list(original_ids)
-        return sub_ids
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.from_original_ids(self.original(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-    def __call__(
-        self, text: str | list[str], return_tensors: str | None = None, add_special_tokens: bool = True, **_
-    ):
-        texts = [text] if isinstance(text, str) else list(text)
-        return self._batch([self.encode(t, add_special_tokens) for t in texts], return_tensors)
-
-    def apply_chat_template(
-        self, conversation, add_generation_prompt: bool = True, return_tensors=None, **kwargs
-    ):
-        """The original chat template, tokenized by the original tokenizer, then split into sub-tokens."""
-        if not self.original.chat_template:
-            raise PromptError(
-                "the original tokenizer has no chat template; pass plain prompts or set tokenizer.chat_template"
-            )
-        conversations = [conversation] if conversation and isinstance(conversation[0], dict) else conversation
-        rows = []
-        for conv in conversations:
-            ids = self.original.apply_chat_template(
-                conv, add_generation_prompt=add_generation_prompt, tokenize=True, **kwargs
-            )
-            ids = ids["input_ids"] if isinstance(ids, dict | BatchEncoding) else ids
-            rows.append(self.from_original_ids(list(ids)))
-        return self._batch(rows, return_tensors)
-
-    def _batch(self, rows: list[list[int]], return_tensors: str | None) -> BatchEncoding:
-        width = max(len(r) for r in rows)
-        pad = self.pad_token_id if self.pad_token_id is not None else 0
-        ids = [[pad] * (width - len(r)) + r for r in rows]
-        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
-        if return_tensors is None and len(rows) == 1:
-            ids, mask = ids[0], mask[0]
-        return BatchEncoding({"input_ids": ids, "attention_mask": mask}, tensor_type=return_tensors)
-
-    def decode(self, sub_ids, skip_special_tokens: bool = False, **_) -> str:
-        """Text of sub-token ids; special sub-tokens print as the original token unless skipped."""
-        sub_ids = sub_ids.tolist() if isinstance(sub_ids, torch.Tensor) else list(sub_ids)
-        control = self.nested.control_token_ids
-        parts: list[bytes] = []
-        for i in sub_ids:
-            piece = self.nested.sub_token_bytes(i)
-            if piece is None and not skip_special_tokens:
-                piece = self.original.convert_ids_to_tokens(
-                    control[i - len(self.nested.sub_strings)]
-                ).encode()
-            parts.append(piece or b"")
-        return b"".join(parts).decode("utf-8", errors="replace")
-
-    def batch_decode(self, sequences, **kwargs) -> list[str]:
-        return [self.decode(s, **kwargs) for s in sequences]
-
-    def original_ids_for(self, sub_ids: tuple[int, ...]) -> list[int]:
-        """The original tokens of an encoded prompt (or of text the original tokenizer spells the same way)."""
-        if sub_ids in self.prompts:
-            return self.prompts[sub_ids]
-        data = self.nested.decode(sub_ids)
-        if any(self.nested.sub_token_bytes(i) is None for i in sub_ids):
-            raise PromptError(
-                "this prompt holds special tokens but was not encoded by ReducedVocabLM.tokenizer; encode prompts "
-                "with reduced.tokenizer(...) or reduced.tokenizer.apply_chat_template(...)"
-            )
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PromptError(
-                f"the prompt's bytes are not UTF-8 text ({e}); encode prompts with reduced.tokenizer"
-            ) from e
-        original = self.original(text, add_special_tokens=False)["input_ids"]
-        if self.nested.encode_tokens(original) != list(sub_ids):
-            raise PromptError(
-                f"the original tokenizer does not round-trip this prompt ({text[:40]!r}...): its tokens split into "
-                "other sub-tokens; encode prompts with reduced.tokenizer(...) so both models see the same tokens"
-            )
-        self.prompts[tuple(sub_ids)] = original
-        return original
+def check_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.shape[0] < len(tokenizer):
+        raise ValueError(
+            f"the model's output head has {head.weight.shape[0]} rows but the tokenizer has {len(tokenizer)} "
+            "tokens: this tokenizer does not belong to this model"
+        )
 
 
 class MaxNewBytesCriteria(StoppingCriteria):
     """Stop each row once its generated sub-tokens spell `max_new_bytes` bytes (a budget in text, not tokens,
     so generators over different vocabularies can be compared on the same amount of text), or once they
-    contain `stop_bytes` (e.g. b"\n\n" after a few-shot answer)."""
+    contain `stop_bytes` (e.g. b"\\n\\n" after a few-shot answer)."""
 
     def __init__(
         self, nested: NestedTable, prompt_length: int, max_new_bytes: int, stop_bytes: bytes | None = None
@@ -188,37 +106,25 @@ class MaxNewBytesCriteria(StoppingCriteria):
         return torch.tensor(done, device=input_ids.device)
 
 
-def unpadded_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[tuple[int, ...]]:
-    """Each row's ids without its (left) padding."""
-    rows = []
-    for b in range(input_ids.shape[0]):
-        ids = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]
-        rows.append(tuple(ids.tolist()))
-    return rows
-
-
-class ReducedVocabLM(PreTrainedModel, GenerationMixin):
+class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
     """A causal LM over a sub-vocabulary with the same text distribution as the original (see module doc)."""
 
     config_class = ReducedVocabConfig
     base_model_prefix = "original"
     main_input_name = "input_ids"
-    _supports_cache_class = False
+    PROMPT_KWARGS = ("original_input_ids", "original_attention_mask")
 
     def __init__(self, config: ReducedVocabConfig, model: PreTrainedModel, tokenizer: ReducedVocabTokenizer):
         super().__init__(config)
         self.original = model  # registered submodule: device, dtype and parameters follow the original
         self.tokenizer = tokenizer
         self.nested = tokenizer.nested
-        self.runner = ModelRunner(model, self.nested)
-        self.settings = CoverSettings(config.lvr_top_k, config.max_hypotheses, config.prune_ratio)
-        self._states: dict[tuple[int, ...], CoverState] = {}
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.settings = EngineSettings.from_dict(config.engine)
+        self.eos_sub_ids = eos_sub_ids(model, tokenizer.original, self.nested)
         self.generation_config = GenerationConfig(
-            eos_token_id=eos or None,
+            eos_token_id=self.eos_sub_ids or None,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
-            use_cache=False,  # each row's relative-cover state is its cache
         )
 
     @classmethod
@@ -231,95 +137,77 @@ class ReducedVocabLM(PreTrainedModel, GenerationMixin):
         max_hypotheses: int | None = None,
         prune_ratio: float = 0.0,
         split: str = "merges",
+        settings: EngineSettings | None = None,
+        **engine_options,
     ) -> ReducedVocabLM:
-        """Reduce `model` to `sub_vocab` (a SubVocabulary, 'bytes' or 'max-bytes:N')."""
+        """Reduce `model` to `sub_vocab` (a SubVocabulary, 'bytes' or 'max-bytes:N'). `top_k`,
+        `max_hypotheses`, `prune_ratio` and `engine_options` (max_batch, dtype, backtrack, prefetch) set the
+        `EngineSettings`, or pass `settings` whole."""
+        settings = engine_settings(settings, top_k, max_hypotheses, prune_ratio, **engine_options)
         if isinstance(sub_vocab, str):
             sub_vocab = SubVocabulary.parse(sub_vocab, tokenizer)
+        check_head(model, tokenizer)
         nested = sub_vocab.nested_table(tokenizer, split=split)
-        head = model.get_output_embeddings()
-        if head is not None and head.weight.shape[0] < len(tokenizer):
-            raise ValueError(
-                f"the model's output head has {head.weight.shape[0]} rows but the tokenizer has {len(tokenizer)} "
-                "tokens: this tokenizer does not belong to this model"
-            )
         config = ReducedVocabConfig(
             vocab_size=nested.num_sub_tokens,
             sub_vocab=sub_vocab.name,
-            lvr_top_k=top_k,
-            max_hypotheses=max_hypotheses,
-            prune_ratio=prune_ratio,
+            split=split if isinstance(split, str) else "custom",
+            engine=settings.to_dict(),
             nested_fingerprint=nested.fingerprint(),
         )
         return cls(config, model, ReducedVocabTokenizer(tokenizer, nested))
 
-    # -- generation plumbing -----------------------------------------------------------------------------
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-    def reset(self) -> None:
-        """Forget the per-row states (they are also dropped as soon as no row continues them)."""
-        self._states = {}
-
-    @property
-    def forward_calls(self) -> int:
-        return self.runner.forward_calls
-
-    def state_for(
-        self, sub_ids: tuple[int, ...], shared_parents: set[tuple[int, ...]] | None = None
-    ) -> CoverState:
-        """The relative-cover state after `sub_ids`: reused, advanced by one sub-token, or rebuilt."""
-        if sub_ids in self._states:
-            return self._states[sub_ids]
-        parent_key = sub_ids[:-1]
-        parent = self._states.get(parent_key)
-        if parent is None:
-            return self._rebuild(sub_ids)
-        if shared_parents and parent_key in shared_parents:
-            parent = parent.fork()
-        if not parent.finished:
-            parent.advance_or_finish(sub_ids[-1])
-        return parent
-
-    def _rebuild(self, sub_ids: tuple[int, ...]) -> CoverState:
-        prompt = next(
-            (sub_ids[:n] for n in range(len(sub_ids), 0, -1) if sub_ids[:n] in self.tokenizer.prompts),
-            sub_ids,
+    # -- the engine --------------------------------------------------------------------------------------
+    def new_cache(self) -> EngineCache:
+        return EngineCache(
+            Scheduler([EngineMember(self.original, self.nested, self.settings, self.eos_sub_ids)])
         )
-        state = CoverState(
-            self.runner,
-            self.tokenizer.original_ids_for(prompt),
-            self.settings,
-            self.generation_config.eos_token_id,
+
+    def start_rows(
+        self, cache, input_ids, attention_mask, original_input_ids=None, original_attention_mask=None
+    ):
+        if original_input_ids is None:
+            rows = [
+                self.tokenizer.original_ids_for(
+                    ids[mask.bool()].tolist() if attention_mask is not None else ids.tolist()
+                )
+                for ids, mask in zip(input_ids, attention_mask if attention_mask is not None else input_ids)
+            ]
+            encoded = self.tokenizer.from_original_ids(rows, return_tensors="pt")
+            original_input_ids, original_attention_mask = (
+                encoded["original_input_ids"],
+                encoded["original_attention_mask"],
+            )
+        ids, lengths = left_padded(original_input_ids, original_attention_mask)
+        if bool((lengths < 1).any()):
+            raise PromptError("a prompt is empty; give at least one token (e.g. the BOS token)")
+        cache.scheduler.start([(ids, lengths)])
+
+    def step_rows(self, cache: EngineCache, column: torch.Tensor) -> None:
+        cache.scheduler.step([column])
+
+    def row_logprobs(self, cache: EngineCache) -> torch.Tensor:
+        logprobs = cache.scheduler.next_logprobs()[0]
+        finished = cache.scheduler.members[0].cover.finished
+        pad = pad_logprobs(
+            len(logprobs), logprobs.shape[1], self.generation_config.pad_token_id or 0, logprobs.device
         )
-        for sub_id in sub_ids[len(prompt) :]:
-            if state.finished:
-                break
-            state.advance_or_finish(sub_id)
-        return state
+        return torch.where(finished[:, None], pad.to(logprobs.dtype), logprobs)
 
     def forward(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> CausalLMOutput:
-        """Next sub-token log-probabilities for each row (shape `(batch, 1, vocab)`); the rows' states are
-        found by their content, so reordered (beam search) or repeated rows work."""
-        logits = [
-            self._finished_logits() if state.finished else state.next_logprobs().float()
-            for state in self.row_states(unpadded_rows(input_ids, attention_mask))
-        ]
-        return CausalLMOutput(logits=torch.stack(logits)[:, None, :].to(self.original.device))
-
-    def row_states(self, rows: list[tuple[int, ...]]) -> list[CoverState]:
-        """The state of every row (sub-token ids); states no row continues are dropped. Shared with
-        `CommonVocabEnsemble`, which keeps one such state per member and row."""
-        parents = [r[:-1] for r in rows if r not in self._states]
-        shared = {p for p in parents if parents.count(p) > 1}
-        states: dict[tuple[int, ...], CoverState] = {}
-        for row in rows:
-            states[row] = states.get(row) or self.state_for(row, shared)
-        self._states = states
-        return [states[row] for row in rows]
-
-    def _finished_logits(self) -> torch.Tensor:
-        logits = torch.full((self.nested.num_sub_tokens,), float("-inf"))
-        logits[self.generation_config.pad_token_id] = 0.0
-        return logits
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: EngineCache | None = None,
+        original_input_ids: torch.LongTensor | None = None,
+        original_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """Next sub-token log-probabilities `(batch, 1, vocab)` after each row (see `engine_forward`)."""
+        return self.engine_forward(
+            input_ids,
+            attention_mask,
+            cache,
+            original_input_ids=original_input_ids,
+            original_attention_mask=original_attention_mask,
+        )

@@ -21,6 +21,7 @@ from hf_coop.config_utils import fingerprint
 from hf_coop.vocab.token_bytes import TokenBytes, gpt2_unicode_to_byte, token_bytes
 
 ALL_BYTES = frozenset(bytes([b]) for b in range(256))
+TRIE_ARRAYS = ("first_sub", "node_depth", "node_end_lo", "node_lo", "node_hi", "child_key", "child_node")
 
 
 class SubVocabularyError(ValueError):
@@ -99,8 +100,27 @@ class SubVocabulary:
         longer = sorted((s for s in self.strings if len(s) > 1), key=lambda s: (len(s), s))
         return [bytes([b]) for b in range(256)] + longer
 
-    def nested_table(self, tokenizer: PreTrainedTokenizerBase, split: str = "merges") -> NestedTable:
-        return NestedTable.build(tokenizer, self, split=split)
+    def fingerprint(self) -> str:
+        return fingerprint({"strings": [s.hex() for s in self.ordered()]})
+
+    def nested_table(
+        self, tokenizer: PreTrainedTokenizerBase, split: str | Callable[[bytes], list[bytes]] = "merges"
+    ) -> NestedTable:
+        """The nested table of `tokenizer` over this sub-vocabulary, from the table cache when the split is
+        named (a string, or a callable with a `key`, as the common split has); built otherwise."""
+        split_key = split if isinstance(split, str) else getattr(split, "key", None)
+        if split_key is None:
+            return NestedTable.build(tokenizer, self, split=split)
+        from hf_coop.vocab.table_cache import cached, tokenizer_fingerprint
+
+        key = {"tokenizer": tokenizer_fingerprint(tokenizer), "sub": self.fingerprint(), "split": split_key}
+        return cached(
+            "nested",
+            key,
+            lambda: NestedTable.build(tokenizer, self, split=split),
+            NestedTable.to_arrays,
+            NestedTable.from_arrays,
+        )
 
 
 def _longest_match_split(data: bytes, index: dict[bytes, int], max_len: int) -> list[int]:
@@ -134,6 +154,7 @@ class NestedTable:
     tau_len: torch.Tensor
     table: TokenBytes
     sub_name: str
+    _tries: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -193,6 +214,81 @@ class NestedTable:
             table=table,
             sub_name=sub_vocab.name,
         )
+
+    def trie(self, device: torch.device | str = "cpu"):
+        """The table as a `SplitTrie` of tensors on `device` (built once per device)."""
+        from hf_coop.vocab.engine.trie import SplitTrie
+
+        key = str(torch.device(device))
+        if key not in self._tries:
+            base = next(iter(self._tries.values()), None)
+            self._tries[key] = base.to(device) if base is not None else SplitTrie.from_nested(self, device)
+        return self._tries[key]
+
+    def to_arrays(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors and JSON metadata for the table cache (the trie's arrays included)."""
+        from hf_coop.vocab.table_cache import pack_bytes
+
+        trie = self.trie("cpu")
+        arrays = {
+            "order": self.order,
+            "position": self.position,
+            "tau_flat": self.tau_flat,
+            "tau_offset": self.tau_offset,
+            "tau_len": self.tau_len,
+            "control_token_ids": torch.tensor(self.control_token_ids, dtype=torch.long),
+            "special_ids": torch.tensor(sorted(self.table.special_ids), dtype=torch.long),
+            **{f"trie.{f}": getattr(trie, f) for f in TRIE_ARRAYS},
+            **{f"sub.{k}": v for k, v in pack_bytes(self.sub_strings).items()},
+            **{f"table.{k}": v for k, v in pack_bytes(list(self.table.byte_strings)).items()},
+        }
+        meta = {
+            "vocab_size": self.vocab_size,
+            "sub_name": self.sub_name,
+            "scheme": self.table.scheme,
+            "adds_prefix_space": self.table.adds_prefix_space,
+            "lossy_normalizers": list(self.table.lossy_normalizers),
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, torch.Tensor], meta: dict) -> NestedTable:
+        from hf_coop.vocab.engine.trie import SplitTrie
+        from hf_coop.vocab.table_cache import unpack_bytes
+
+        def group(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        table = TokenBytes(
+            tuple(unpack_bytes(group("table."))),
+            frozenset(arrays["special_ids"].tolist()),
+            meta["scheme"],
+            meta["adds_prefix_space"],
+            tuple(meta["lossy_normalizers"]),
+        )
+        nested = cls(
+            sub_strings=unpack_bytes(group("sub.")),
+            control_token_ids=arrays["control_token_ids"].tolist(),
+            vocab_size=meta["vocab_size"],
+            order=arrays["order"],
+            position=arrays["position"],
+            tau_flat=arrays["tau_flat"],
+            tau_offset=arrays["tau_offset"],
+            tau_len=arrays["tau_len"],
+            table=table,
+            sub_name=meta["sub_name"],
+        )
+        nested._tries["cpu"] = SplitTrie(
+            num_tokens=len(nested.order),
+            num_sub_tokens=nested.num_sub_tokens,
+            order=nested.order,
+            position=nested.position,
+            tau_len=nested.tau_len,
+            tau_offset=nested.tau_offset,
+            tau_flat=nested.tau_flat,
+            **group("trie."),
+        )
+        return nested
 
     @property
     def num_sub_tokens(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import weakref
 from functools import lru_cache
 
 from transformers import PreTrainedTokenizerBase
@@ -125,8 +126,21 @@ def _byte_scheme(tokenizer: PreTrainedTokenizerBase) -> tuple[dict, str]:
     return spec, scheme
 
 
+_known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def token_bytes(tokenizer: PreTrainedTokenizerBase) -> TokenBytes:
-    """Derive the byte string of every token id of a fast tokenizer (see module docstring)."""
+    """Derive the byte string of every token id of a fast tokenizer (see module docstring); computed once
+    per tokenizer object (and again if tokens are added to it)."""
+    known = _known.get(tokenizer)
+    if known is not None and len(known) == len(tokenizer):
+        return known
+    table = _derive_token_bytes(tokenizer)
+    _known[tokenizer] = table
+    return table
+
+
+def _derive_token_bytes(tokenizer: PreTrainedTokenizerBase) -> TokenBytes:
     spec, scheme = _byte_scheme(tokenizer)
 
     added = tokenizer.added_tokens_decoder

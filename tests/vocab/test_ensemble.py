@@ -8,16 +8,13 @@ import torch
 from transformers import TextStreamer
 
 from hf_coop.config_utils import ArtifactError
-from hf_coop.testing import tiny_byte_level_tokenizer, tiny_causal_lm
-from hf_coop.vocab.ensemble import (
-    CommonVocabEnsemble,
-    CommonVocabLogitsProcessor,
-    combine,
-    ensemble_logprob,
-)
+from hf_coop.testing import rescore_alone, tiny_byte_level_tokenizer, tiny_causal_lm
+from hf_coop.vocab.ensemble import CommonVocabEnsemble, combine, to_ensemble_vocab
 from hf_coop.vocab.mcv import maximal_common_vocabulary, resolve_split
-from hf_coop.vocab.reduced_lm import MaxNewBytesCriteria, PromptError, ReducedVocabLM
-from hf_coop.vocab.relative_cover import CoverState
+from hf_coop.vocab.processor import CommonVocabLogitsProcessor
+from hf_coop.vocab.reduced_lm import MaxNewBytesCriteria, ReducedVocabLM, eos_sub_ids
+from hf_coop.vocab.scoring import ensemble_logprob
+from hf_coop.vocab.tokenizers import PromptError
 
 PROMPTS = ["It is a truth", "The quick", "def add(a, b):\n"]
 
@@ -35,50 +32,43 @@ def pair(byte_level_tokenizer, sentencepiece_tokenizer):
 
 
 def greedy_text(ensemble, prompt, n=8):
-    ensemble.reset()
     enc = ensemble.tokenizer(prompt, return_tensors="pt")
     out = ensemble.generate(**enc, max_new_tokens=n, do_sample=False)
     return out[0, enc["input_ids"].shape[1] :].tolist()
 
 
-def member_reference(ensemble, index, model, tokenizer):
+def member_reference(ensemble, model, tokenizer):
     """The member alone, reduced to the ensemble's MCV with the same split, built independently."""
     mcv, _ = maximal_common_vocabulary(*(m.tokenizer.original for m in ensemble.members))
     split = resolve_split(ensemble.config.split, mcv, [m.tokenizer.original for m in ensemble.members])
     return ReducedVocabLM.from_model(
-        model, tokenizer, mcv, max_hypotheses=ensemble.config.max_hypotheses, split=split
+        model, tokenizer, mcv, split=split, max_hypotheses=ensemble.settings.max_hypotheses, dtype="float64"
     )
 
 
 def reference_conditionals(ensemble, reduced, prompt, path):
     """The member's reduced conditionals over (MCV text ids, EOS), other control tokens conditioned away."""
-    n_text = ensemble.num_text
-    eos = ensemble._member_eos(reduced)
-    state = CoverState(reduced.runner, reduced.tokenizer.original(prompt)["input_ids"], reduced.settings)
-    rows = []
-    for sub_id in [None, *path]:
-        if sub_id is not None:
-            state.advance(sub_id)
-        logprobs = state.next_logprobs()
-        vec = torch.cat([logprobs[:n_text], torch.logsumexp(logprobs[eos], 0, keepdim=True)])
-        rows.append(vec - torch.logsumexp(vec, 0))
-    return torch.stack(rows)
+    eos = eos_sub_ids(reduced.original, reduced.tokenizer.original, reduced.nested)
+    logprobs = rescore_alone(reduced, reduced.tokenizer(prompt, return_tensors="pt"), path)
+    return to_ensemble_vocab(logprobs.double(), ensemble.num_text, eos)
 
 
 def ensemble_conditionals(ensemble, prompt, path):
-    ensemble.reset()
-    key = tuple(ensemble.tokenizer.encode(prompt))
-    return torch.cat([ensemble.next_logprobs([key + tuple(path[:i])]) for i in range(len(path) + 1)])
+    return rescore_alone(ensemble, ensemble.tokenizer(prompt, return_tensors="pt"), path).double()
+
+
+def build(models, tokenizers, **kwargs):
+    return CommonVocabEnsemble.from_models(models, tokenizers, dtype="float64", **kwargs)
 
 
 @pytest.mark.parametrize("weights", [None, (1.0, 0.0)])
 def test_single_member_equals_its_reduced_model(pair, weights):
     models, tokenizers = pair
     if weights is None:
-        ensemble = CommonVocabEnsemble.from_models(models[:1], tokenizers[:1])
+        ensemble = build(models[:1], tokenizers[:1])
     else:
-        ensemble = CommonVocabEnsemble.from_models(models, tokenizers, weights=weights)
-    reduced = member_reference(ensemble, 0, models[0], tokenizers[0])
+        ensemble = build(models, tokenizers, weights=weights)
+    reduced = member_reference(ensemble, models[0], tokenizers[0])
     for prompt in PROMPTS[:2]:
         path = greedy_text(ensemble, prompt)
         torch.testing.assert_close(
@@ -91,7 +81,7 @@ def test_single_member_equals_its_reduced_model(pair, weights):
         control = [
             i
             for i in range(ensemble.num_text, reduced.nested.num_sub_tokens)
-            if i not in ensemble._member_eos(reduced)
+            if i not in ensemble.member_eos[0]
         ]
         enc = reduced.tokenizer(prompt, return_tensors="pt")
         alone = reduced.generate(**enc, max_new_tokens=len(path), do_sample=False, suppress_tokens=control)
@@ -101,10 +91,8 @@ def test_single_member_equals_its_reduced_model(pair, weights):
 @pytest.mark.parametrize("mode", ["mean", "product"])
 def test_identical_members_equal_the_single_model(pair, mode):
     models, tokenizers = pair
-    single = CommonVocabEnsemble.from_models(models[1:], tokenizers[1:], mode=mode)
-    twins = CommonVocabEnsemble.from_models(
-        [models[1]] * 2, [tokenizers[1]] * 2, weights=(0.3, 0.7), mode=mode
-    )
+    single = build(models[1:], tokenizers[1:], mode=mode)
+    twins = build([models[1]] * 2, [tokenizers[1]] * 2, weights=(0.3, 0.7), mode=mode)
     path = greedy_text(single, PROMPTS[0])
     assert greedy_text(twins, PROMPTS[0]) == path
     torch.testing.assert_close(
@@ -119,14 +107,12 @@ def test_identical_members_equal_the_single_model(pair, mode):
 def test_conditionals_combine_the_members_reduced_conditionals(pair, mode):
     models, tokenizers = pair
     weights = (0.25, 0.75)
-    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, weights=weights, mode=mode)
+    ensemble = build(models, tokenizers, weights=weights, mode=mode)
     prompt = PROMPTS[2]
     path = greedy_text(ensemble, prompt, n=6)
     got = ensemble_conditionals(ensemble, prompt, path)
     a, b = (
-        reference_conditionals(
-            ensemble, member_reference(ensemble, i, models[i], tokenizers[i]), prompt, path
-        )
+        reference_conditionals(ensemble, member_reference(ensemble, models[i], tokenizers[i]), prompt, path)
         for i in range(2)
     )
     if mode == "mean":
@@ -139,34 +125,9 @@ def test_conditionals_combine_the_members_reduced_conditionals(pair, mode):
 
 
 def test_product_without_common_support_falls_back_to_the_mean():
-    logprobs = torch.tensor([[0.0, -math.inf], [-math.inf, 0.0]], dtype=torch.float64)
+    logprobs = torch.tensor([[[0.0, -math.inf]], [[-math.inf, 0.0]]], dtype=torch.float64)
     weights = torch.tensor([0.5, 0.5], dtype=torch.float64)
     torch.testing.assert_close(combine(logprobs, weights, "product"), combine(logprobs, weights, "mean"))
-
-
-@pytest.mark.parametrize("driver", [0, 1])
-def test_processor_form_equals_model_form_greedy(pair, driver):
-    models, tokenizers = pair
-    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4)
-    enc = ensemble.tokenizer(PROMPTS[:2], return_tensors="pt")
-    expected = ensemble.generate(**enc, max_new_tokens=8, do_sample=False)[:, enc["input_ids"].shape[1] :]
-    ensemble.reset()
-    processor = CommonVocabLogitsProcessor(ensemble, driver=driver)
-    inputs = processor.encode(PROMPTS[:2])
-    out = models[driver].generate(**inputs, logits_processor=[processor], max_new_tokens=8, do_sample=False)
-    for row in range(2):
-        want = ensemble.tokenizer.decode(expected[row], skip_special_tokens=True)
-        assert processor.decode(out[row, inputs["input_ids"].shape[1] :]) == want
-
-
-def test_batch_equals_one_by_one(pair):
-    models, tokenizers = pair
-    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4, mode="product")
-    enc = ensemble.tokenizer(PROMPTS[:2], return_tensors="pt")
-    together = ensemble.generate(**enc, max_new_tokens=8, do_sample=False)[:, enc["input_ids"].shape[1] :]
-    for row, prompt in enumerate(PROMPTS[:2]):
-        alone = greedy_text(ensemble, prompt)
-        assert ensemble.tokenizer.decode(together[row]) == ensemble.tokenizer.decode(alone)
 
 
 def test_generate_features_work(pair):
@@ -234,10 +195,15 @@ def test_save_load_round_trip_and_push_to_hub(tmp_path, pair, mock_hub):
     reloaded = CommonVocabEnsemble.from_pretrained(tmp_path / "ens")
     assert reloaded.weights == pytest.approx([2 / 3, 1 / 3]) and reloaded.config.mode == "product"
     assert greedy_text(reloaded, PROMPTS[0]) == greedy_text(ensemble, PROMPTS[0])
+    saved = reloaded.config.tokenizer_fingerprints
     other = tiny_byte_level_tokenizer(330)
-    with pytest.raises(ArtifactError, match="common vocabulary"):
+    with pytest.raises(ArtifactError, match=f"member 0's tokenizer has fingerprint .* saved with {saved[0]}"):
         CommonVocabEnsemble.from_pretrained(
             tmp_path / "ens", members=[(models[0], other), (models[1], tokenizers[1])]
+        )
+    with pytest.raises(ArtifactError, match="another order"):
+        CommonVocabEnsemble.from_pretrained(
+            tmp_path / "ens", members=[(models[1], tokenizers[1]), (models[0], tokenizers[0])]
         )
 
     reloaded.push_to_hub("me/tiny-ensemble")
@@ -259,8 +225,12 @@ def test_bad_inputs_raise_clear_errors(pair):
     ensemble = CommonVocabEnsemble.from_models(models, [tokenizers[0], no_chat])
     with pytest.raises(PromptError, match="member 1 .*no chat template"):
         ensemble.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
-    with pytest.raises(PromptError, match="not encoded by the ensemble"):
-        ensemble(torch.tensor([[ord("x"), ord("y")]]))
+    # ensemble ids given without each member's tokens: every member tokenizes their text itself
+    enc = ensemble.tokenizer(["It is", "The quick"], return_tensors="pt")
+    bare = ensemble(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    torch.testing.assert_close(bare, ensemble(**enc).logits, rtol=0, atol=0)
+    with pytest.raises(PromptError, match="no text"):
+        ensemble.tokenizer("")
 
 
 def test_cli_streams_scores_and_refuses_chat_without_template(tmp_path, pair, capsys):
@@ -298,7 +268,6 @@ def test_real_pair_processor_equals_model_form_and_weights_select_a_member():
     assert ensemble.config.mcv_size > 40_000
     prompt = "The capital of France is"
     path = greedy_text(ensemble, prompt, n=6)
-    ensemble.reset()
     processor = CommonVocabLogitsProcessor(ensemble, driver=1)  # Gemma drives, SentencePiece ids
     inputs = processor.encode(prompt)
     out = models[1].generate(**inputs, logits_processor=[processor], max_new_tokens=6, do_sample=False)

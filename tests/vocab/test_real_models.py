@@ -1,11 +1,13 @@
 """Real-model checks (SmolLM2-135M-Instruct, Gemma-3-270M): run with `pytest -m slow`."""
 
+import copy
+
 import pytest
 
 from hf_coop.models import load_model
 from hf_coop.scoring import canonical_logprob
-from hf_coop.vocab.marginal import prefix_logprob
 from hf_coop.vocab.reduced_lm import ReducedVocabLM
+from hf_coop.vocab.scoring import prefix_logprob
 
 pytestmark = pytest.mark.slow
 
@@ -39,17 +41,19 @@ def real(request):
 
 
 def test_k1_greedy_equals_original_greedy_on_20_prompts(real):
+    """All 20 prompts in one batch (mixed lengths, left padding) against each prompt's plain greedy."""
     model, tokenizer = real
     reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1)
+    expected = []
     for prompt in PROMPTS:
         enc = tokenizer(prompt, return_tensors="pt")
         plain = model.generate(**enc, max_new_tokens=12, do_sample=False)
-        expected = reduced.nested.table.decode(plain[0, enc["input_ids"].shape[1] :].tolist())
-        renc = reduced.tokenizer(prompt, return_tensors="pt")
-        out = reduced.generate(**renc, max_new_tokens=len(expected), do_sample=False)
-        got = reduced.nested.decode(out[0, renc["input_ids"].shape[1] :].tolist())
-        assert got[: len(expected)] == expected, prompt
-        reduced.reset()
+        expected.append(reduced.nested.table.decode(plain[0, enc["input_ids"].shape[1] :].tolist()))
+    renc = reduced.tokenizer(PROMPTS, return_tensors="pt")
+    out = reduced.generate(**renc, max_new_tokens=max(map(len, expected)), do_sample=False)
+    for row, prompt in enumerate(PROMPTS):
+        got = reduced.nested.decode(out[row, renc["input_ids"].shape[1] :].tolist())
+        assert got[: len(expected[row])] == expected[row], prompt
 
 
 def test_marginal_covers_the_canonical_path_and_pruning_is_tight(real):
@@ -58,6 +62,13 @@ def test_marginal_covers_the_canonical_path_and_pruning_is_tight(real):
     canonical = canonical_logprob(model, tokenizer, text).nats
     pruned = prefix_logprob(model, tokenizer, text, max_hypotheses=64, prune_ratio=1e-8)
     assert pruned.nats >= canonical - 1e-4  # float32 model arithmetic
-    # Exact mode forwards every segmentation (exponential in length): keep the exact check short.
+    # Exact mode forwards every segmentation (exponential in length): keep the exact check short. In float32
+    # the two runs batch different trees (237 vs 9 histories on Gemma), which moves the model's arithmetic by
+    # about 1.5e-5 nats (measured); in float64 pruning is tight to its truncated mass (3e-11 here).
     exact = prefix_logprob(model, tokenizer, text[:7])
-    assert prefix_logprob(model, tokenizer, text[:7], 64, 1e-8).nats == pytest.approx(exact.nats, abs=1e-5)
+    assert prefix_logprob(model, tokenizer, text[:7], 64, 1e-8).nats == pytest.approx(exact.nats, abs=5e-5)
+    model64 = copy.deepcopy(model).double()
+    exact = prefix_logprob(model64, tokenizer, text[:7])
+    pruned = prefix_logprob(model64, tokenizer, text[:7], 64, 1e-8)
+    assert pruned.nats <= exact.nats + 1e-9 <= pruned.upper_nats + 2e-9
+    assert exact.nats - pruned.nats < 1e-8

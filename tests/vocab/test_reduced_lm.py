@@ -7,12 +7,14 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TextStreamer
 
 from hf_coop.scoring import start_token_id
-from hf_coop.testing import tiny_causal_lm
-from hf_coop.vocab.marginal import prefix_logprob
-from hf_coop.vocab.reduced_lm import PromptError, ReducedVocabLM
-from hf_coop.vocab.relative_cover import CoverSettings, CoverState
+from hf_coop.testing import rescore_alone, tiny_causal_lm
+from hf_coop.vocab.engine.scheduler import ZeroProbabilityError
+from hf_coop.vocab.engine.settings import EngineSettings
+from hf_coop.vocab.reduced_lm import ReducedVocabLM
+from hf_coop.vocab.scoring import prefix_logprob
 from hf_coop.vocab.sub_vocabulary import SubVocabulary, SubVocabularyError
 from hf_coop.vocab.token_bytes import token_bytes
+from hf_coop.vocab.tokenizers import PromptError
 
 TEXTS = ["truth", "é a", " it is"]
 PROMPTS = [
@@ -48,25 +50,38 @@ def original_prefix_logprob(model, tokenizer, text):
     return torch.logsumexp(torch.tensor(covers, dtype=torch.float64), 0).item()
 
 
+def start_state(reduced, prompt_ids):
+    """A fresh engine state for one prompt of original token ids, and its first next-token log-probs."""
+    cache = reduced.new_cache()
+    enc = reduced.tokenizer.from_original_ids([prompt_ids], return_tensors="pt")
+    return cache, reduced(**enc, cache=cache).logits[:, 0].double()
+
+
 def reduced_prefix_logprob(reduced, prompt_ids, text):
-    """The same sum over the *reduced* model's own conditionals, enumerating sub-token sequences."""
+    """The same sum over the *reduced* model's own conditionals, enumerating sub-token sequences breadth
+    first: every path of a level is one row of the engine (copied with `select_rows`, advanced together)."""
     data, covers = text.encode(), []
-
-    def walk(state, pos, logw):
-        logprobs = state.next_logprobs()
-        assert torch.logsumexp(logprobs, 0).item() == pytest.approx(0.0, abs=1e-12)
-        rest = data[pos:]
-        for sub_id, piece in enumerate(reduced.nested.sub_strings):
-            if logprobs[sub_id] == -math.inf:
-                continue
-            if rest.startswith(piece) and len(piece) < len(rest):
-                child = state.fork()
-                child.advance(sub_id)
-                walk(child, pos + len(piece), logw + logprobs[sub_id].item())
-            elif piece.startswith(rest):
-                covers.append(logw + logprobs[sub_id].item())
-
-    walk(CoverState(reduced.runner, prompt_ids, reduced.settings), 0, 0.0)
+    cache, logprobs = start_state(reduced, prompt_ids)
+    paths = [(0, 0.0)]  # (bytes spelled, log-prob) per row
+    while paths:
+        assert torch.allclose(torch.logsumexp(logprobs, 1), torch.zeros(len(paths), dtype=torch.float64))
+        children = []
+        for row, (pos, logw) in enumerate(paths):
+            rest = data[pos:]
+            for sub_id, piece in enumerate(reduced.nested.sub_strings):
+                lp = float(logprobs[row, sub_id])
+                if lp == -math.inf:
+                    continue
+                if rest.startswith(piece) and len(piece) < len(rest):
+                    children.append((row, sub_id, pos + len(piece), logw + lp))
+                elif piece.startswith(rest):
+                    covers.append(logw + lp)
+        if not children:
+            break
+        cache.scheduler.select_rows(torch.tensor([c[0] for c in children]))
+        reduced.step_rows(cache, torch.tensor([c[1] for c in children]))
+        logprobs = reduced.row_logprobs(cache).double()
+        paths = [(pos, logw) for _, _, pos, logw in children]
     return torch.logsumexp(torch.tensor(covers, dtype=torch.float64), 0).item()
 
 
@@ -78,6 +93,10 @@ def tokenizer(request):
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def model64(request, tokenizer):
     return tiny_causal_lm(tokenizer, arch=request.param, dtype=torch.float64, extra_head_rows=3)
+
+
+def exact(model, tokenizer, sub_vocab, **settings):
+    return ReducedVocabLM.from_model(model, tokenizer, sub_vocab, dtype="float64", **settings)
 
 
 def _sub_vocabularies(tokenizer):
@@ -102,7 +121,7 @@ def test_reduced_models_give_every_text_the_original_marginal(model64, tokenizer
     original model's all-tokenization probability, for bytes, max-bytes:N and an explicit sub-vocabulary."""
     prompt = [start_token_id(tokenizer)]
     for sub_vocab in _sub_vocabularies(tokenizer):
-        reduced = ReducedVocabLM.from_model(model64, tokenizer, sub_vocab)
+        reduced = exact(model64, tokenizer, sub_vocab)
         for text in TEXTS[:2]:
             assert reduced_prefix_logprob(reduced, prompt, text) == pytest.approx(
                 original_prefix_logprob(model64, tokenizer, text), abs=1e-9
@@ -110,71 +129,58 @@ def test_reduced_models_give_every_text_the_original_marginal(model64, tokenizer
 
 
 def test_conditionals_sum_to_one_and_empty_buckets_are_minus_inf(model64, tokenizer):
-    reduced = ReducedVocabLM.from_model(model64, tokenizer, "max-bytes:3")
-    state = CoverState(reduced.runner, [start_token_id(tokenizer)], reduced.settings)
-    for sub_id in reduced.nested.encode_tokens(tokenizer("It is a", add_special_tokens=False)["input_ids"]):
-        logprobs = state.next_logprobs()
+    reduced = exact(model64, tokenizer, "max-bytes:3")
+    prompt = reduced.tokenizer.from_original_ids([[start_token_id(tokenizer)]], return_tensors="pt")
+    path = reduced.nested.encode_tokens(tokenizer("It is a", add_special_tokens=False)["input_ids"])
+    for logprobs in rescore_alone(reduced, prompt, path).double():
         assert not torch.isnan(logprobs).any()
         assert torch.logsumexp(logprobs, 0).item() == pytest.approx(0.0, abs=1e-12)
-        state.advance(sub_id)
     # With K-LVR most sub-tokens start none of the kept tokens: their buckets are -inf, never NaN.
-    top2 = ReducedVocabLM.from_model(model64, tokenizer, "max-bytes:3", top_k=2)
-    logprobs = CoverState(top2.runner, [start_token_id(tokenizer)], top2.settings).next_logprobs()
+    top2 = exact(model64, tokenizer, "max-bytes:3", top_k=2)
+    logprobs = start_state(top2, [start_token_id(tokenizer)])[1][0]
     assert torch.isinf(logprobs).sum() >= len(logprobs) - 2 and not torch.isnan(logprobs).any()
     assert torch.logsumexp(logprobs, 0).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_top_k_of_full_vocabulary_equals_exact_mode(model64, tokenizer):
-    exact = ReducedVocabLM.from_model(model64, tokenizer, "bytes")
-    full_k = ReducedVocabLM.from_model(model64, tokenizer, "bytes", top_k=len(tokenizer))
     prompt = [start_token_id(tokenizer)]
-    a, b = (
-        CoverState(exact.runner, prompt, exact.settings),
-        CoverState(full_k.runner, prompt, full_k.settings),
+    path = list(b"It is")
+    exact_model = exact(model64, tokenizer, "bytes")
+    full_k = exact(model64, tokenizer, "bytes", top_k=len(tokenizer))
+    inputs = exact_model.tokenizer.from_original_ids([prompt], return_tensors="pt")
+    torch.testing.assert_close(
+        rescore_alone(exact_model, inputs, path), rescore_alone(full_k, inputs, path), rtol=0, atol=1e-12
     )
-    for byte in b"It is":
-        torch.testing.assert_close(a.next_logprobs(), b.next_logprobs(), rtol=0, atol=1e-12)
-        a.advance(byte)
-        b.advance(byte)
-    assert b.truncated_logmass == -math.inf
 
 
-@pytest.mark.parametrize("settings", [CoverSettings(max_hypotheses=2), CoverSettings(prune_ratio=0.05)])
+@pytest.mark.parametrize("settings", [{"max_hypotheses": 2}, {"prune_ratio": 0.05}])
 def test_truncated_mass_bounds_the_error(model64, tokenizer, settings):
     for text in TEXTS:
-        exact = original_prefix_logprob(model64, tokenizer, text)
-        score = prefix_logprob(model64, tokenizer, text, settings.max_hypotheses, settings.prune_ratio)
-        assert score.nats <= exact + 1e-12 <= score.upper_nats + 2e-12
-    top = ReducedVocabLM.from_model(model64, tokenizer, "bytes", top_k=3)
-    state = CoverState(top.runner, [start_token_id(tokenizer)], top.settings)
-    assert state.truncated_logmass > -math.inf  # three tokens never hold all the mass
-    assert math.exp(state.kept_logmass) + math.exp(state.truncated_logmass) == pytest.approx(1.0, abs=1e-12)
+        exact_value = original_prefix_logprob(model64, tokenizer, text)
+        score = prefix_logprob(model64, tokenizer, text, **settings)
+        assert score.nats <= exact_value + 1e-12 <= score.upper_nats + 2e-12
+    top = exact(model64, tokenizer, "bytes", top_k=3)
+    cache, _ = start_state(top, [start_token_id(tokenizer)])
+    cover = cache.scheduler.members[0].cover
+    kept, truncated = float(cover.kept_logmass()[0]), float(cover.truncated[0])
+    assert truncated > -math.inf  # three tokens never hold all the mass
+    assert math.exp(kept) + math.exp(truncated) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_pruning_backs_up_when_the_text_leaves_every_kept_hypothesis(model64, tokenizer):
     """One hypothesis at a time: a word boundary the kept token cannot spell forces a back-up to the
-    held-back boundary histories; the result stays a bound of the exact value."""
-    data = b" it is"
-    runner = ReducedVocabLM.from_model(model64, tokenizer, "bytes").runner
-    state = CoverState(runner, [start_token_id(tokenizer)], CoverSettings(max_hypotheses=1))
-    for byte in data:
-        state.advance(byte)
-    exact = original_prefix_logprob(model64, tokenizer, data.decode())
-    assert state.back_ups > 0
-    assert state.kept_logmass <= exact + 1e-12
-    assert exact <= math.log(math.exp(state.kept_logmass) + math.exp(state.truncated_logmass)) + 1e-12
-    forked = CoverState(runner, [start_token_id(tokenizer)], CoverSettings(max_hypotheses=1))
-    for byte in data[:3]:
-        forked.advance(byte)
-    twin = forked.fork()
-    for one in (forked, twin):  # each twin backs up on its own copies of the held-back histories
-        for byte in data[3:]:
-            one.advance(byte)
-        assert one.kept_logmass == pytest.approx(state.kept_logmass, abs=1e-12)
-    stuck = CoverState(runner, [start_token_id(tokenizer)], CoverSettings(max_hypotheses=1, backtrack=0))
-    with pytest.raises(ValueError, match="backtrack"):
-        for byte in data:
-            stuck.advance(byte)
+    held-back boundary histories; the result stays a bound of the exact value, batched or alone."""
+    texts = [" it is", "truth", " it is"]
+    exact_values = [original_prefix_logprob(model64, tokenizer, t) for t in texts]
+    together = prefix_logprob(model64, tokenizer, texts, max_hypotheses=1)
+    assert together[0].back_ups > 0
+    for text, value, score in zip(texts, exact_values, together):
+        alone = prefix_logprob(model64, tokenizer, text, max_hypotheses=1)
+        assert score.nats == pytest.approx(alone.nats, abs=1e-12)
+        assert score.nats <= value + 1e-12 <= score.upper_nats + 2e-12
+    stuck = EngineSettings(max_hypotheses=1, backtrack=0, dtype="float64")
+    with pytest.raises(ZeroProbabilityError, match="backtrack"):
+        prefix_logprob(model64, tokenizer, " it is", settings=stuck)
 
 
 def _masked_greedy(model, tokenizer, prompt, max_new_tokens):
@@ -192,39 +198,14 @@ def _masked_greedy(model, tokenizer, prompt, max_new_tokens):
 
 @pytest.mark.parametrize("sub_vocab", ["bytes", "max-bytes:3"])
 def test_k1_greedy_equals_original_greedy(model64, tokenizer, sub_vocab):
+    """K=1 over a batch of prompts of mixed lengths reproduces each prompt's plain greedy text."""
     reduced = ReducedVocabLM.from_model(model64, tokenizer, sub_vocab, top_k=1)
-    for prompt in PROMPTS:
-        expected = _masked_greedy(model64, tokenizer, prompt, 10)
-        enc = reduced.tokenizer(prompt, return_tensors="pt")
-        out = reduced.generate(**enc, max_new_tokens=len(expected), do_sample=False)
-        got = reduced.nested.decode(out[0, enc["input_ids"].shape[1] :].tolist())
-        assert got[: len(expected)] == expected
-
-
-def test_batch_of_prompts_equals_one_by_one(tokenizer):
-    model = tiny_causal_lm(tokenizer, dtype=torch.float64)
-    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=4)
-    prompts = PROMPTS[:4]
-    batch = reduced.tokenizer(prompts, return_tensors="pt")
-    together = reduced.generate(**batch, max_new_tokens=12, do_sample=False)
-    width = batch["input_ids"].shape[1]
-    for row, prompt in enumerate(prompts):
-        reduced.reset()
-        alone = reduced.generate(
-            **reduced.tokenizer(prompt, return_tensors="pt"), max_new_tokens=12, do_sample=False
-        )
-        assert reduced.tokenizer.decode(together[row, width:]) == reduced.tokenizer.decode(alone[0, -12:])
-
-
-def test_cached_step_equals_uncached_recomputation(model64, tokenizer):
-    reduced = ReducedVocabLM.from_model(model64, tokenizer, "max-bytes:3", top_k=5)
-    enc = reduced.tokenizer("It is a truth", return_tensors="pt")
-    out = reduced.generate(**enc, max_new_tokens=8, do_sample=False)
-    reduced.forward(out)  # one more cached step, advancing the states kept from generate
-    cached = reduced._states[tuple(out[0].tolist())].next_logprobs()
-    reduced.reset()
-    uncached = reduced.forward(out).logits[0, 0].double()  # rebuilt from the prompt, sub-token by sub-token
-    torch.testing.assert_close(cached.float().double(), uncached, rtol=0, atol=1e-6)
+    enc = reduced.tokenizer(PROMPTS, return_tensors="pt")
+    out = reduced.generate(**enc, max_new_tokens=30, do_sample=False)
+    for row, prompt in enumerate(PROMPTS):
+        expected = _masked_greedy(model64, tokenizer, prompt, 8)
+        got = reduced.nested.decode(out[row, enc["input_ids"].shape[1] :].tolist())
+        assert got[: len(expected)] == expected[: len(got)] and len(got) >= min(len(expected), 30)
 
 
 def test_generate_features_work(tokenizer):
@@ -268,7 +249,8 @@ def test_chat_template_prompt_round_trips(byte_level_tokenizer):
     enc = reduced.tokenizer.apply_chat_template(messages, return_tensors="pt")
     original = byte_level_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     original = original if isinstance(original, list) else original["input_ids"]
-    assert reduced.tokenizer.original_ids_for(tuple(enc["input_ids"][0].tolist())) == list(original)
+    assert enc["original_input_ids"][0].tolist() == list(original)
+    assert reduced.tokenizer.original_ids_for(enc["input_ids"][0].tolist()) == list(original)
 
 
 def test_bad_inputs_raise_clear_errors(byte_level_tokenizer):
@@ -298,7 +280,7 @@ def test_bad_inputs_raise_clear_errors(byte_level_tokenizer):
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_canonical_sub_sequence_sits_between_canonical_and_marginal(arch, byte_level_tokenizer):
     from hf_coop.scoring import canonical_logprob
-    from hf_coop.vocab.marginal import canonical_sub_sequence_logprob
+    from hf_coop.vocab.scoring import canonical_sub_sequence_logprob
 
     model64 = tiny_causal_lm(byte_level_tokenizer, arch=arch, dtype=torch.float64)
     text = "It is a truth"
@@ -337,20 +319,3 @@ def test_max_new_bytes_budget_stops_on_text_length(byte_level_tokenizer):
     assert stop in reduced.nested.decode(ids.tolist())
     assert stop not in reduced.nested.decode(ids[:-1].tolist())
     assert text.startswith(reduced.nested.decode(ids.tolist()))
-
-
-def test_beam_search_rows_are_found_by_content(byte_level_tokenizer):
-    """Beam search reorders and duplicates rows; each row's state follows its own sub-token sequence."""
-    model = tiny_causal_lm(byte_level_tokenizer, dtype=torch.float64)
-    reduced = ReducedVocabLM.from_model(model, byte_level_tokenizer, "max-bytes:3", top_k=3)
-    enc = reduced.tokenizer("It is a", return_tensors="pt")
-    width = enc["input_ids"].shape[1]
-    beams = reduced.generate(**enc, max_new_tokens=6, num_beams=3, num_return_sequences=3, do_sample=False)
-    prompt = reduced.tokenizer.prompts[tuple(enc["input_ids"][0].tolist())]
-    for row in beams:
-        state = CoverState(reduced.runner, prompt, reduced.settings)
-        total = 0.0
-        for sub_id in row[width:].tolist():
-            total += state.next_logprobs()[sub_id].item()
-            state.advance(sub_id)
-        assert total > -math.inf  # every returned beam is a sequence the reduced model can produce

@@ -1,0 +1,1 @@
+"""The `hf-coop` subcommands: one module each, thin shells over the public API."""

@@ -1,0 +1,529 @@
+"""The relative-cover recursion of lossless vocabulary reduction (arXiv 2510.08102), for a batch of rows.
+
+State of a row after sub-tokens `y_1..k`: a set of *hypotheses* `(h, node)`. `h` is a boundary history
+(original tokens whose nested tokenization ends exactly at some `y_j`, with log-probability `logw` and its
+model's next-token distribution, kept whole or as its top-K), and `node` is the trie node of the sub-tokens
+`y_{j+1..k}` spelled since (see `trie.py`): the tokens `u` of h's distribution in the node's range are those
+whose split starts with them and goes on. Then
+
+    Π(y_1..k) = Σ_hyp exp(logw) · Σ_{u in range} p(u | h),
+    p(y_{k+1} | y_1..k) = Σ_hyp exp(logw) · Σ_{u in range, τ(u)[depth] = y_{k+1}} p(u | h) / Π(y_1..k).
+
+Advancing by `y_{k+1}` moves each hypothesis to its child node; the tokens that end there become new
+boundary histories `h + u`, the only ones the model must be called for. A sub-token inside a long token
+costs bookkeeping only.
+
+Everything is a flat tensor on the model's device (one entry per hypothesis, with its row), so a step over a
+whole batch is a handful of vectorised ops and a few host reads of sizes, never a loop over hypotheses.
+Model calls are not made here: the scheduler evaluates the births this module asks for and attaches them.
+
+Approximations, each accounted for per row in `truncated` (the log of the probability mass dropped, so the
+exact prefix probability lies in [kept, kept + truncated]):
+  - `tokens_per_boundary`: each boundary history keeps its K most likely next tokens (K-LVR; K=1 is greedy);
+  - `max_hypotheses` / `prune_ratio`: hypotheses far lighter than the row's heaviest are dropped.
+Boundary histories pruned in the last `backtrack` steps are held back unevaluated; when a row's next
+sub-token leaves every kept hypothesis, the scheduler backs up to them (`take_held_back`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from hf_coop.vocab.engine.settings import EngineSettings
+from hf_coop.vocab.engine.trie import SplitTrie
+
+NEG_INF = float("-inf")
+
+
+# -- segmented helpers ------------------------------------------------------------------------------------
+def segment_logsumexp(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """log Σ exp(values) per segment `index` (length `size`); an empty segment is -inf, never NaN."""
+    peak = torch.full((size,), NEG_INF, dtype=values.dtype, device=values.device)
+    peak.scatter_reduce_(0, index, values, "amax")
+    safe = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = torch.zeros_like(peak).scatter_add_(0, index, torch.exp(values - safe[index]))
+    return torch.log(total) + safe
+
+
+def rank_within(group: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Rank of each entry among the entries of its group, by descending score (ties: first come first)."""
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    sorted_group = group[order]
+    first = torch.searchsorted(sorted_group, sorted_group)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device) - first
+    return rank
+
+
+def expand_ranges(lo: torch.Tensor, hi: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every integer of every range [lo_i, hi_i): (owner i, integer); `total` = Σ (hi - lo), read beforehand."""
+    lengths = hi - lo
+    owner = torch.repeat_interleave(torch.arange(len(lo), device=lo.device), lengths, output_size=total)
+    starts = torch.cumsum(lengths, 0) - lengths
+    return owner, lo[owner] + torch.arange(total, device=lo.device) - starts[owner]
+
+
+def logaddexp_(target: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """target[index] = log(exp(target[index]) + Σ exp(values)) for a [rows] vector, in place."""
+    if len(values):
+        target.copy_(torch.logaddexp(target, segment_logsumexp(values, index, len(target))))
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x <= 0 (-inf where x == 0)."""
+    return torch.log(-torch.expm1(x))
+
+
+# -- candidate storage -------------------------------------------------------------------------------------
+class CandidateStore:
+    """The kept next tokens of every evaluated boundary history, immutable once written (rows that copy a
+    history share its entry). Whole distributions (`k=None`) are stored in trie order; top-K ones as
+    ascending trie positions (padding: `num_tokens`) with their log-probs (padding: -inf)."""
+
+    def __init__(self, trie: SplitTrie, k: int | None, dtype: torch.dtype):
+        self.trie, self.k, self.dtype = trie, k, dtype
+        self.width = trie.num_tokens if k is None else min(k, trie.num_tokens)
+        device = trie.device
+        self.logp = torch.empty((0, self.width), dtype=dtype, device=device)
+        self.pos = None if k is None else torch.empty((0, self.width), dtype=torch.long, device=device)
+        self.used = 0
+
+    def add(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the kept tokens of new histories (`logprobs` [N, V] by token id); returns (entry index [N],
+        log of the kept mass [N], 0 when every token is kept)."""
+        n = len(logprobs)
+        if self.used + n > len(self.logp):
+            grow = max(n, len(self.logp))
+            self.logp = torch.cat([self.logp, self.logp.new_empty(grow, self.width)])
+            if self.pos is not None:
+                self.pos = torch.cat([self.pos, self.pos.new_empty(grow, self.width)])
+        index = torch.arange(self.used, self.used + n, device=logprobs.device)
+        self.used += n
+        if self.k is None:
+            self.logp[index] = logprobs[:, self.trie.order]
+            return index, torch.zeros(n, dtype=self.dtype, device=logprobs.device)
+        top = torch.topk(logprobs, self.width, dim=1)
+        pos = self.trie.position[top.indices]
+        pos = torch.where(torch.isfinite(top.values), pos, self.trie.num_tokens)
+        pos, perm = torch.sort(pos, dim=1)
+        self.pos[index] = pos
+        self.logp[index] = top.values.gather(1, perm)
+        return index, torch.logsumexp(top.values, dim=1)
+
+    def range_of(self, entry: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+        """Indices [ilo, ihi) of the kept tokens whose trie position lies in [lo, hi)."""
+        if self.k is None:
+            return lo, hi
+        pos = self.pos[entry]
+        return (
+            torch.searchsorted(pos, lo[:, None].contiguous())[:, 0],
+            torch.searchsorted(pos, hi[:, None].contiguous())[:, 0],
+        )
+
+    def at(self, entry: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(trie position, log-prob) of kept token `index` of each entry."""
+        if self.k is None:
+            return index, self.logp[entry, index]
+        return self.pos[entry, index], self.logp[entry, index]
+
+    def compact(self, live: torch.Tensor) -> torch.Tensor:
+        """Keep the entries `live`; returns old -> new index (-1: gone)."""
+        live = torch.unique(live)
+        remap = torch.full((max(self.used, 1),), -1, dtype=torch.long, device=live.device)
+        remap[live] = torch.arange(len(live), device=live.device)
+        self.logp = self.logp[live].clone()
+        if self.pos is not None:
+            self.pos = self.pos[live].clone()
+        self.used = len(live)
+        return remap
+
+
+# -- flat record sets --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Records:
+    """Columns of equal length, one entry per record (hypotheses, held-back histories, prefetched ones)."""
+
+    columns: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.columns["row"])
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        try:
+            return self.__dict__["columns"][name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+    @classmethod
+    def empty(cls, device: torch.device, float_dtype: torch.dtype, **kinds: str) -> Records:
+        return cls(
+            {
+                name: torch.empty(0, dtype=float_dtype if kind == "float" else torch.long, device=device)
+                for name, kind in kinds.items()
+            }
+        )
+
+    def select(self, index: torch.Tensor) -> Records:
+        return Records({k: v[index] for k, v in self.columns.items()})
+
+    def extend(self, other: Records) -> Records:
+        return Records({k: torch.cat([v, other.columns[k]]) for k, v in self.columns.items()})
+
+    def replace(self, **columns: torch.Tensor) -> Records:
+        return Records({**self.columns, **columns})
+
+
+HYPOTHESIS = {
+    "row": "long",
+    "node": "long",
+    "logw": "float",
+    "mass": "float",
+    "handle": "long",
+    "cand": "long",
+}
+HELD_BACK = {"row": "long", "parent": "long", "token": "long", "logw": "float", "step": "long"}
+PREFETCHED = {"row": "long", "parent": "long", "token": "long", "handle": "long", "cand": "long",
+              "logw": "float", "kept": "float"}  # fmt: skip
+
+
+@dataclasses.dataclass
+class Births:
+    """Boundary histories born at one step, not yet evaluated: `h + token` for parents `parent` (handles)."""
+
+    row: torch.Tensor
+    parent: torch.Tensor
+    token: torch.Tensor
+    logw: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> Births:
+        return Births(self.row[index], self.parent[index], self.token[index], self.logw[index])
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+class CoverBatch:
+    """The relative-cover state of `n_rows` rows (see the module docstring)."""
+
+    def __init__(self, trie: SplitTrie, settings: EngineSettings, n_rows: int):
+        self.trie = trie
+        self.settings = settings
+        self.dtype = settings.torch_dtype
+        self.device = device = trie.device
+        self.n_rows = n_rows
+        self.cands = CandidateStore(trie, settings.tokens_per_boundary, self.dtype)
+        self.hyps = Records.empty(device, self.dtype, **HYPOTHESIS)
+        self.held = Records.empty(device, self.dtype, **HELD_BACK)
+        self.prefetched = Records.empty(device, self.dtype, **PREFETCHED)
+        self.steps = torch.zeros(n_rows, dtype=torch.long, device=device)  # sub-tokens consumed per row
+        self.truncated = torch.full((n_rows,), NEG_INF, dtype=self.dtype, device=device)
+        self.pending = torch.full((n_rows,), NEG_INF, dtype=self.dtype, device=device)  # unevaluated births
+        self.finished = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        self.sub_history = torch.zeros((n_rows, 16), dtype=torch.long, device=device)  # per row, by step
+        # the next distribution's ingredients since each row's last step: (bucket, value) of the ranges that
+        # go on, and (row, logw, candidate entry) of the histories attached since
+        self._continuing: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._roots: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._next: torch.Tensor | None = None
+
+    # -- roots -------------------------------------------------------------------------------------------
+    def store_candidates(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the next tokens of newly evaluated histories; (candidate entry, log kept mass)."""
+        return self.cands.add(logprobs)
+
+    def attach(self, rows, logw, handles, cand, kept) -> None:
+        """Add evaluated boundary histories as depth-0 hypotheses (their top-K cut counted as dropped)."""
+        if not len(rows):
+            return
+        cut = kept < 0
+        logaddexp_(self.truncated, rows[cut], (logw + log1mexp(kept))[cut])
+        self.hyps = self.hyps.extend(
+            Records(
+                {
+                    "row": rows,
+                    "node": torch.zeros_like(rows),
+                    "logw": logw,
+                    "mass": logw + kept,
+                    "handle": handles,
+                    "cand": cand,
+                }
+            )
+        )
+        self._roots.append((rows, logw, cand))
+        self._next = None
+
+    # -- the distribution --------------------------------------------------------------------------------
+    def next_logprobs(self) -> torch.Tensor:
+        """log p(next sub-token | row's prefix) [rows, sub-tokens], normalised over the kept mass. Rows with
+        no hypothesis (finished) get an all -inf row."""
+        if self._next is not None:
+            return self._next
+        size = self.trie.num_sub_tokens
+        buckets = [bucket for bucket, _ in self._continuing]
+        values = [value for _, value in self._continuing]
+        for rows, logw, cand in self._roots:
+            if self.cands.k is None:
+                first = self.trie.first_sub[None, :]
+                values.append((self.cands.logp[cand] + logw[:, None]).reshape(-1))
+                buckets.append((rows[:, None] * size + first).reshape(-1))
+            else:
+                pos = self.cands.pos[cand]
+                real = pos < self.trie.num_tokens
+                first = self.trie.first_sub[pos.clamp(max=self.trie.num_tokens - 1)]
+                values.append((self.cands.logp[cand] + logw[:, None])[real])
+                buckets.append((rows[:, None] * size + first)[real])
+        flat = segment_logsumexp(
+            torch.cat(values) if values else torch.empty(0, dtype=self.dtype, device=self.device),
+            torch.cat(buckets) if buckets else torch.empty(0, dtype=torch.long, device=self.device),
+            self.n_rows * size,
+        ).view(self.n_rows, size)
+        norm = torch.logsumexp(flat, dim=1, keepdim=True)
+        self._next = torch.where(torch.isfinite(norm), flat - norm, torch.full_like(flat, NEG_INF))
+        return self._next
+
+    def kept_logmass(self) -> torch.Tensor:
+        """log Π per row: the prefix probability the kept hypotheses (and unevaluated births) account for."""
+        out = self.pending.clone()
+        logaddexp_(out, self.hyps.row, self.hyps.mass)
+        return out
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def narrow(self, sub: torch.Tensor, active: torch.Tensor) -> tuple[Births, torch.Tensor]:
+        """Condition the `active` rows on their next sub-token `sub` [rows]. Hypotheses move to their child
+        nodes (pruned as the settings say); returns the births that survive pruning (to be evaluated, or
+        looked up among prefetched histories) and the rows left with neither hypotheses nor births (their
+        sub-token has probability zero under what was kept: the scheduler backs up or refuses)."""
+        trie, cands, hyps = self.trie, self.cands, self.hyps
+        self._record(sub, active)
+        mine = active[hyps.row]
+        node = trie.child(hyps.node, sub[hyps.row])
+        moved = mine & (node >= 0)
+        node = node.clamp(min=0)
+        # tokens whose split ends at the new node become boundary histories
+        b_lo, b_hi = cands.range_of(hyps.cand, trie.node_end_lo[node], trie.node_lo[node])
+        b_hi = torch.where(moved, b_hi, b_lo)
+        c_lo, c_hi = cands.range_of(hyps.cand, trie.node_lo[node], trie.node_hi[node])
+        c_hi = torch.where(moved, c_hi, c_lo)
+        n_births, n_entries = torch.stack([(b_hi - b_lo).sum(), (c_hi - c_lo).sum()]).tolist()
+        owner, index = expand_ranges(b_lo, b_hi, n_births)
+        pos, logp = cands.at(hyps.cand[owner], index)
+        births = Births(hyps.row[owner], hyps.handle[owner], trie.order[pos], hyps.logw[owner] + logp)
+        births = births.select(torch.isfinite(births.logw))
+        # the tokens that go on past it: their masses and their share of the next distribution
+        owner, index = expand_ranges(c_lo, c_hi, n_entries)
+        pos, logp = cands.at(hyps.cand[owner], index)
+        value = hyps.logw[owner] + logp
+        mass = segment_logsumexp(value, owner, len(hyps))
+        going = moved & torch.isfinite(mass)
+        survivors = torch.where(mine, going, True)
+        key = trie.sub_at(pos, trie.node_depth[node[owner]])
+        bucket = hyps.row[owner] * trie.num_sub_tokens + key
+        # rows whose sub-token is spelled by nothing kept
+        alive = torch.zeros(self.n_rows, dtype=torch.long, device=self.device)
+        alive.index_add_(0, hyps.row[going], torch.ones_like(hyps.row[going]))
+        alive.index_add_(0, births.row, torch.ones_like(births.row))
+        failed = active & (alive == 0)
+        hyps = hyps.replace(node=torch.where(mine, node, hyps.node), mass=torch.where(mine, mass, hyps.mass))
+        keep_entry = survivors
+        if self.settings.prunes:
+            keep_hyp, keep_birth = self._prune(hyps, survivors & mine, births)
+            logaddexp_(
+                self.truncated, hyps.row[mine & going & ~keep_hyp], hyps.mass[mine & going & ~keep_hyp]
+            )
+            survivors = survivors & (keep_hyp | ~mine)
+            keep_entry = survivors
+            dropped = births.select(~keep_birth)
+            logaddexp_(self.truncated, dropped.row, dropped.logw)
+            self._hold_back(dropped)
+            births = births.select(keep_birth)
+        entry_kept = keep_entry[owner]
+        size = trie.num_sub_tokens
+        stale = [active[b // size] for b, _ in self._continuing]
+        self._continuing = [(b[~old], v[~old]) for (b, v), old in zip(self._continuing, stale)]
+        self._continuing.append((bucket[entry_kept], value[entry_kept]))
+        self._roots = [(r[~active[r]], w[~active[r]], c[~active[r]]) for r, w, c in self._roots]
+        self.hyps = hyps.select(survivors)
+        self._next = None
+        self._forget_prefetched()
+        return births, failed
+
+    def _record(self, sub: torch.Tensor, active: torch.Tensor) -> None:
+        """Write each active row's sub-token at its step (for back-ups) and count the step."""
+        need = int(self.steps.max()) + 1 if self.n_rows else 0
+        if need > self.sub_history.shape[1]:
+            self.sub_history = torch.cat([self.sub_history, torch.zeros_like(self.sub_history)], dim=1)
+        rows = torch.nonzero(active, as_tuple=True)[0]
+        self.sub_history[rows, self.steps[rows]] = sub[rows]
+        self.steps += active.long()
+
+    def _prune(self, hyps: Records, candidates: torch.Tensor, births: Births):
+        """Keep, per row, the heaviest of the moved hypotheses and the births: at most `max_hypotheses`,
+        none lighter than `prune_ratio` x the heaviest. Returns (keep per hypothesis, keep per birth)."""
+        settings = self.settings
+        rows = torch.cat([hyps.row[candidates], births.row])
+        mass = torch.cat([hyps.mass[candidates], births.logw])
+        keep = torch.ones_like(mass, dtype=torch.bool)
+        if settings.max_hypotheses is not None:
+            keep &= rank_within(rows, mass) < settings.max_hypotheses
+        if settings.prune_ratio > 0:
+            best = torch.full((self.n_rows,), NEG_INF, dtype=mass.dtype, device=self.device)
+            best.scatter_reduce_(0, rows, mass, "amax")
+            keep &= mass >= best[rows] + torch.log(torch.tensor(settings.prune_ratio, dtype=mass.dtype))
+        n_hyps = len(rows) - len(births)
+        keep_hyp = torch.zeros(len(hyps), dtype=torch.bool, device=self.device)
+        keep_hyp[candidates] = keep[:n_hyps]
+        return keep_hyp, keep[n_hyps:]
+
+    def _hold_back(self, dropped: Births) -> None:
+        backtrack = self.settings.backtrack
+        held = self.held
+        if backtrack and len(dropped):
+            held = held.extend(
+                Records(
+                    {
+                        "row": dropped.row,
+                        "parent": dropped.parent,
+                        "token": dropped.token,
+                        "logw": dropped.logw,
+                        "step": self.steps[dropped.row],
+                    }
+                )
+            )
+        self.held = held.select(held.step > self.steps[held.row] - backtrack)
+
+    def finish_pending(self, births: Births) -> None:
+        """Count births without evaluating them (the last sub-token of a scored text)."""
+        logaddexp_(self.pending, births.row, births.logw)
+
+    def finish_rows(self, rows: torch.Tensor) -> None:
+        """Rows that produced end-of-sequence: no hypothesis goes on."""
+        self.finished |= rows
+        self._drop_rows(rows)
+
+    def _drop_rows(self, rows: torch.Tensor) -> None:
+        self.hyps = self.hyps.select(~rows[self.hyps.row])
+        self.held = self.held.select(~rows[self.held.row])
+        self.prefetched = self.prefetched.select(~rows[self.prefetched.row])
+        self._next = None
+
+    # -- back-up -----------------------------------------------------------------------------------------
+    def take_held_back(self, row: int) -> tuple[Births, int] | None:
+        """The latest held-back births of `row` (removed from the store) and the step they were born at."""
+        mine = self.held.row == row
+        if not bool(mine.any()):
+            return None
+        step = int(self.held.step[mine].max())
+        chosen = mine & (self.held.step == step)
+        taken = self.held.select(chosen)
+        self.held = self.held.select(~chosen)
+        self.hyps = self.hyps.select(self.hyps.row != row)
+        return Births(taken.row, taken.parent, taken.token, taken.logw), step
+
+    # -- prefetched histories ----------------------------------------------------------------------------
+    def lookup_prefetched(self, births: Births) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each birth, the index of the prefetched history it is (or -1), matched on (parent, token)."""
+        pf = self.prefetched
+        if not len(pf) or not len(births):
+            return torch.full_like(births.row, -1), pf.row.new_zeros(0)
+        same = (births.parent[:, None] == pf.parent[None, :]) & (births.token[:, None] == pf.token[None, :])
+        hit = same.any(1)
+        index = torch.where(hit, same.float().argmax(1), -1)
+        return index, hit
+
+    def consume_prefetched(self, index: torch.Tensor) -> None:
+        used = torch.zeros(len(self.prefetched), dtype=torch.bool, device=self.device)
+        used[index[index >= 0]] = True
+        self.prefetched = self.prefetched.select(~used)
+
+    def prefetch_candidates(self, spare: torch.Tensor) -> Births:
+        """Up to `spare[row]` boundary histories per row worth evaluating ahead: each live hypothesis' most
+        likely token that goes on past its node, best first, not prefetched yet."""
+        hyps, cands, trie = self.hyps, self.cands, self.trie
+        if not len(hyps):
+            return Births(*(hyps.row[:0] for _ in range(3)), hyps.logw[:0])
+        if cands.k is None:
+            lo, hi = trie.node_lo[hyps.node], trie.node_hi[hyps.node]
+            rows_logp = self.cands.logp[hyps.cand]
+            span = torch.arange(rows_logp.shape[1], device=self.device)
+            inside = (span[None, :] >= lo[:, None]) & (span[None, :] < hi[:, None])
+            best, index = torch.where(inside, rows_logp, NEG_INF).max(dim=1)
+            pos = index
+        else:
+            lo, hi = cands.range_of(hyps.cand, trie.node_lo[hyps.node], trie.node_hi[hyps.node])
+            span = torch.arange(cands.width, device=self.device)
+            inside = (span[None, :] >= lo[:, None]) & (span[None, :] < hi[:, None])
+            best, index = torch.where(inside, cands.logp[hyps.cand], NEG_INF).max(dim=1)
+            pos = cands.pos[hyps.cand].gather(1, index[:, None])[:, 0].clamp(max=trie.num_tokens - 1)
+        logw = hyps.logw + best
+        token = trie.order[pos]
+        pf = self.prefetched
+        known = (
+            ((hyps.handle[:, None] == pf.parent[None, :]) & (token[:, None] == pf.token[None, :])).any(1)
+            if len(pf)
+            else torch.zeros_like(hyps.row, dtype=torch.bool)
+        )
+        wanted = torch.isfinite(logw) & ~known
+        wanted &= rank_within(hyps.row, torch.where(wanted, logw, NEG_INF)) < spare[hyps.row]
+        return Births(hyps.row[wanted], hyps.handle[wanted], token[wanted], logw[wanted])
+
+    def add_prefetched(self, births: Births, handles, cand, kept) -> None:
+        self.prefetched = self.prefetched.extend(
+            Records(
+                {
+                    "row": births.row,
+                    "parent": births.parent,
+                    "token": births.token,
+                    "handle": handles,
+                    "cand": cand,
+                    "logw": births.logw,
+                    "kept": kept,
+                }
+            )
+        )
+
+    def _forget_prefetched(self) -> None:
+        """Prefetched histories whose parent no longer has a hypothesis can never be born."""
+        pf = self.prefetched
+        if len(pf):
+            self.prefetched = pf.select(torch.isin(pf.parent, self.hyps.handle))
+
+    # -- handles and rows --------------------------------------------------------------------------------
+    def live_handles(self) -> torch.Tensor:
+        return torch.cat([self.hyps.handle, self.held.parent, self.prefetched.handle])
+
+    def remap_handles(self, remap: torch.Tensor) -> None:
+        self.hyps = self.hyps.replace(handle=remap[self.hyps.handle])
+        self.held = self.held.replace(parent=remap[self.held.parent])
+        self.prefetched = self.prefetched.replace(
+            parent=remap[self.prefetched.parent], handle=remap[self.prefetched.handle]
+        )
+
+    def compact_candidates(self) -> None:
+        roots = [cand for _, _, cand in self._roots]
+        remap = self.cands.compact(torch.cat([self.hyps.cand, self.prefetched.cand, *roots]))
+        self.hyps = self.hyps.replace(cand=remap[self.hyps.cand])
+        self.prefetched = self.prefetched.replace(cand=remap[self.prefetched.cand])
+        self._roots = [(rows, logw, remap[cand]) for rows, logw, cand in self._roots]
+
+    def select_rows(self, source: torch.Tensor, handle_map) -> None:
+        """Rows become copies of rows `source`; `handle_map(old_handles, new_rows)` gives the handles'
+        copies in the runner."""
+        n = len(source)
+
+        def copy(records: Records, *handle_columns: str) -> Records:
+            old, new_row = torch.nonzero(records.row[:, None] == source[None, :], as_tuple=True)
+            out = records.select(old).replace(row=new_row)
+            return out.replace(**{c: handle_map(out.columns[c], new_row) for c in handle_columns})
+
+        self.hyps = copy(self.hyps, "handle")
+        self.held = copy(self.held, "parent")
+        self.prefetched = copy(self.prefetched, "parent", "handle")
+        for name in ("steps", "truncated", "pending", "finished", "sub_history"):
+            setattr(self, name, getattr(self, name).index_select(0, source))
+        if self._next is not None:
+            self._next = self._next.index_select(0, source)
+        self._continuing, self._roots = [], []
+        self.n_rows = n

@@ -1,0 +1,168 @@
+"""The seam between the engine and a model: "next-token log-probs for these boundary histories".
+
+The scheduler speaks to a runner in handles (opaque integers naming a history's last token in the runner's
+KV store) and never touches keys, values or masks. A backend provides:
+
+- `start(prompt_ids, lengths) -> (handles [B], logprobs [B, V])`: prefill one prompt per row (left-padded
+  `[B, L]` ids), one handle per row;
+- `extend(parents, tokens) -> (handles [N], logprobs [N, V])`: append one token to each parent history
+  (several per row, any rows) and score the next token; histories sharing a prefix share its keys/values;
+- `compact(live) -> remap`: forget every handle not in `live` (old -> new handle, -1 for gone);
+- `select_rows(source, live) -> keys` and `handle_in_row`: rows become copies of `source` rows (beam search);
+- `forward_calls`: model calls made so far.
+
+Log-probs are over the tokenizer's ids (`vocab_size`; a larger output head is masked), on the model's device,
+in the bookkeeping dtype. A serving engine with prefix caching (vLLM, SGLang) can stand behind the same five
+calls: its request ids are the handles, prefix caching gives the sharing, and `extend` is one decode step
+whose requests fork from `parents`. `TransformersRunner` is the in-process backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import PreTrainedModel
+
+from hf_coop.vocab.engine.kv import FULL, SLIDING, TreeKV
+from hf_coop.vocab.engine.settings import EngineSettings
+
+
+class NonFiniteLogitsError(ValueError):
+    """A model produced NaN or infinite logits, so no distribution can be formed."""
+
+
+def finite_log_softmax(logits: torch.Tensor, vocab_size: int, dtype: torch.dtype, who: str) -> torch.Tensor:
+    """log-softmax over the first `vocab_size` ids in `dtype`; refuses NaN/inf logits (fp16 overflow, broken
+    weights) instead of letting them become a silent NaN distribution."""
+    logits = logits[..., :vocab_size].to(dtype)
+    normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)
+    if not bool(torch.isfinite(normalizer).all()):
+        raise NonFiniteLogitsError(
+            f"{who} produced NaN or infinite logits; check its dtype (fp16 overflow? load it in float32 or "
+            "bfloat16) and its weights"
+        )
+    return logits - normalizer
+
+
+class TransformersRunner:
+    """Runs a transformers causal LM over the token trees of a `TreeKV` (see the module docstring)."""
+
+    def __init__(self, model: PreTrainedModel, vocab_size: int, settings: EngineSettings):
+        self.model = model
+        self.vocab_size = vocab_size
+        self.settings = settings
+        self.dtype = settings.torch_dtype
+        self.forward_calls = 0
+        self.histories = 0  # boundary histories forwarded (prefetched ones included)
+        config = model.config.get_text_config(decoder=True)
+        attn = getattr(config, "_attn_implementation", None) or "eager"
+        if attn not in ("eager", "sdpa"):
+            raise ValueError(
+                f"the vocabulary engine passes tree-shaped 4D attention masks, which need attn_implementation "
+                f"'sdpa' or 'eager'; this model uses {attn!r}: load it with attn_implementation='sdpa'"
+            )
+        window = getattr(config, "sliding_window", None)
+        types = set(getattr(config, "layer_types", None) or [SLIDING if window else FULL])
+        unknown = types - {FULL, SLIDING}
+        if unknown:
+            raise ValueError(
+                f"attention layer types {sorted(unknown)} are not supported by the vocabulary engine"
+            )
+        self.layer_types = types
+        self.sliding_window = window if SLIDING in types else None
+        params = inspect.signature(model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.keeps_logits = "logits_to_keep" in params
+        self.store: TreeKV | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _mask_argument(self, masks: dict[str, torch.Tensor]):
+        if len(self.layer_types) == 1:
+            return masks[next(iter(self.layer_types))]
+        return masks
+
+    def _call(self, store: TreeKV, r0: int, r1: int, input_ids, masks, positions, keep_last: bool):
+        kwargs = {self.cache_kwarg: store.view(r0, r1), "use_cache": True}
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = 1 if keep_last else 0
+        self.forward_calls += 1
+        out = self.model(
+            input_ids=input_ids, attention_mask=self._mask_argument(masks), position_ids=positions, **kwargs
+        )
+        return out.logits[:, -1:] if keep_last else out.logits
+
+    @torch.no_grad()
+    def start(self, prompt_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, width = prompt_ids.shape
+        prompt_ids, lengths = prompt_ids.to(self.device), lengths.to(self.device)
+        self.store = store = TreeKV(rows, self.device, self.sliding_window)
+        store.reserve(width)
+        allowed, positions, valid = store.prompt_layout(lengths, width)
+        model_dtype = self.model.dtype if self.model.dtype.is_floating_point else torch.float32
+        logprobs = []
+        for r0 in range(0, rows, self.settings.max_batch):
+            r1 = min(rows, r0 + self.settings.max_batch)
+            masks = store.attention_masks(allowed[r0:r1], positions[r0:r1], positions[r0:r1], model_dtype)
+            logits = self._call(store, r0, r1, prompt_ids[r0:r1], masks, positions[r0:r1], keep_last=True)
+            logprobs.append(finite_log_softmax(logits[:, -1], self.vocab_size, self.dtype, "the model"))
+        handles = store.add_prompts(prompt_ids, lengths, positions, valid)
+        return handles, torch.cat(logprobs)
+
+    @torch.no_grad()
+    def extend(self, parents: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """See the module docstring; rows are read from the parents' handles."""
+        store = self.store
+        n = len(parents)
+        rows = store.h_row[parents]
+        counts = torch.bincount(rows, minlength=store.n_rows)
+        order = torch.argsort(rows, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        column = torch.empty_like(rows)
+        column[order] = torch.arange(n, device=self.device) - starts[rows[order]]
+        counts_host = counts.tolist()
+        width = max(counts_host)
+        grid = torch.full((store.n_rows, width), -1, dtype=torch.long, device=self.device)
+        grid[rows, column] = parents
+        token_grid = torch.zeros_like(grid)
+        token_grid[rows, column] = tokens.to(self.device)
+        slot = torch.empty_like(rows)
+        logprobs = torch.empty((n, self.vocab_size), dtype=self.dtype, device=self.device)
+        row_step = min(store.n_rows, self.settings.max_batch)
+        col_step = max(1, self.settings.max_batch // row_step)
+        model_dtype = self.model.dtype if self.model.dtype.is_floating_point else torch.float32
+        for c0 in range(0, width, col_step):
+            c1 = min(width, c0 + col_step)
+            store.reserve(c1 - c0)
+            start = store.length
+            for r0 in range(0, store.n_rows, row_step):
+                r1 = min(store.n_rows, r0 + row_step)
+                if not any(count > c0 for count in counts_host[r0:r1]):
+                    continue
+                chunk = grid[r0:r1, c0:c1]
+                allowed, positions = store.query_layout(chunk, start, c1 - c0)
+                key_pos = torch.cat([store.slot_pos[r0:r1, :start], positions], dim=1)
+                masks = store.attention_masks(allowed, positions, key_pos, model_dtype)
+                logits = self._call(
+                    store, r0, r1, token_grid[r0:r1, c0:c1], masks, positions, keep_last=False
+                )
+                picked = (rows >= r0) & (rows < r1) & (column >= c0) & (column < c1)
+                index = torch.nonzero(picked, as_tuple=True)[0]
+                logprobs[index] = finite_log_softmax(
+                    logits[rows[index] - r0, column[index] - c0], self.vocab_size, self.dtype, "the model"
+                )
+            in_chunk = (column >= c0) & (column < c1)
+            slot[in_chunk] = start + column[in_chunk] - c0
+            store.length = start + (c1 - c0)
+        handles = store.add_children(parents, rows, slot, tokens.to(self.device))
+        self.histories += n
+        return handles, logprobs
+
+    def compact(self, live: torch.Tensor) -> torch.Tensor:
+        return self.store.compact(live)
+
+    def select_rows(self, source: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return self.store.select_rows(source, live)

@@ -1,0 +1,204 @@
+"""One step of the vocabulary engine for every row and every member model.
+
+A step conditions each row on its next sub-token (`CoverBatch.narrow`), gathers every boundary history that
+needs the model (all rows, all hypotheses) and evaluates them in one batched forward per member (chunked by
+`max_batch`), then attaches the results. Histories born at a step that were already evaluated ahead (the
+padding of an earlier forward, filled with each row's most likely next boundary) cost no forward at all.
+Rows are positions in the batch, never found again by content: `select_rows` follows beam search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from hf_coop.vocab.engine.cover import Births, CoverBatch
+from hf_coop.vocab.engine.kv import handle_in_row
+from hf_coop.vocab.engine.runner import TransformersRunner
+from hf_coop.vocab.engine.settings import EngineSettings
+from hf_coop.vocab.sub_vocabulary import NestedTable
+
+PREFETCH_PER_ROW = 2  # most histories a row evaluates ahead in one forward's padding
+
+
+class ZeroProbabilityError(ValueError):
+    """A sub-token that nothing kept by the recursion can spell."""
+
+
+class EngineMember:
+    """One model in the engine: its nested table as a trie, its runner and (once started) its cover state."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        nested: NestedTable,
+        settings: EngineSettings,
+        eos_sub_ids: Sequence[int] = (),
+    ):
+        self.model = model
+        self.nested = nested
+        self.settings = settings
+        self.runner = TransformersRunner(model, nested.vocab_size, settings)
+        self.trie = nested.trie(self.runner.device)
+        self.eos = torch.zeros(nested.num_sub_tokens, dtype=torch.bool, device=self.runner.device)
+        self.eos[list(eos_sub_ids)] = True
+        self.cover: CoverBatch | None = None
+        self.back_ups = 0  # times a row's text left every kept hypothesis and held-back ones were evaluated
+        self._compacted_length = 0
+
+    @property
+    def forward_calls(self) -> int:
+        return self.runner.forward_calls
+
+    def start(self, prompt_ids: torch.Tensor, lengths: torch.Tensor) -> None:
+        rows = len(prompt_ids)
+        if bool((lengths < 1).any()):
+            raise ValueError("a prompt is empty; give at least one token (e.g. the BOS token)")
+        handles, logprobs = self.runner.start(prompt_ids, lengths)
+        self.cover = cover = CoverBatch(self.trie, self.settings, rows)
+        cand, kept = cover.store_candidates(logprobs)
+        zeros = torch.zeros(rows, dtype=cover.dtype, device=cover.device)
+        cover.attach(torch.arange(rows, device=cover.device), zeros, handles, cand, kept)
+        self._compacted_length = self.runner.store.length
+
+    def step(self, sub: torch.Tensor, active: torch.Tensor, evaluate: torch.Tensor | None) -> None:
+        """Condition the `active` rows on `sub`; rows whose `evaluate` is False count their new boundary
+        histories without calling the model (the last sub-token of a scored text)."""
+        cover = self.cover
+        sub = sub.to(cover.device)
+        active = active.to(cover.device) & ~cover.finished
+        ended = active & self.eos[sub]
+        cover.finish_rows(ended)
+        active &= ~ended
+        births, failed = cover.narrow(sub, active)
+        births = self._set_aside(births, evaluate)
+        self._evaluate(births, prefetch=self.settings.prefetch)
+        for row in torch.nonzero(failed, as_tuple=True)[0].tolist():
+            self._back_up(row, evaluate)
+        self._housekeeping()
+
+    def _set_aside(self, births: Births, evaluate: torch.Tensor | None) -> Births:
+        if evaluate is None:
+            return births
+        later = ~evaluate.to(births.row.device)[births.row]
+        self.cover.finish_pending(births.select(later))
+        return births.select(~later)
+
+    def _evaluate(self, births: Births, prefetch: bool) -> None:
+        """Attach the births: prefetched ones as they are, the rest through one batched forward whose padding
+        holds each row's likeliest future boundary histories (when `prefetch`)."""
+        cover = self.cover
+        if not len(births):
+            return
+        index, _ = cover.lookup_prefetched(births)
+        hit = index >= 0
+        ready = cover.prefetched.select(index[hit])
+        cover.attach(ready.row, ready.logw, ready.handle, ready.cand, ready.kept)
+        cover.consume_prefetched(index)
+        todo = births.select(~hit)
+        if not len(todo):
+            return
+        queries = todo
+        if prefetch:
+            counts = torch.bincount(todo.row, minlength=cover.n_rows)
+            spare = (counts.max() - counts).clamp(max=PREFETCH_PER_ROW)
+            ahead = cover.prefetch_candidates(spare)
+            queries = Births(*(torch.cat([a, b]) for a, b in zip(vars(todo).values(), vars(ahead).values())))
+        handles, logprobs = self.runner.extend(queries.parent, queries.token)
+        cand, kept = cover.store_candidates(logprobs)
+        n = len(todo)
+        cover.attach(todo.row, todo.logw, handles[:n], cand[:n], kept[:n])
+        if len(queries) > n:
+            cover.add_prefetched(queries.select(slice(n, None)), handles[n:], cand[n:], kept[n:])
+
+    def _back_up(self, row: int, evaluate: torch.Tensor | None) -> None:
+        """The row's sub-token left every kept hypothesis: evaluate its latest held-back boundary histories
+        and replay the sub-tokens since, trying older ones until the text is spelled."""
+        cover = self.cover
+        current = int(cover.steps[row])
+        tokens = cover.sub_history[row, :current].tolist()
+        while True:
+            taken = cover.take_held_back(row)
+            if taken is None:
+                sub = tokens[-1]
+                raise ZeroProbabilityError(
+                    f"sub-token {sub} ({self.nested.sub_token_bytes(sub)!r}) has probability zero under the "
+                    "hypotheses kept at this step; raise tokens_per_boundary / max_hypotheses / backtrack, or "
+                    "use the exact settings (None)"
+                )
+            births, step = taken
+            self.back_ups += 1
+            cover.steps[row] = step
+            self._evaluate(births, prefetch=False)
+            only = torch.zeros(cover.n_rows, dtype=torch.bool, device=cover.device)
+            only[row] = True
+            for i in range(step, current):
+                sub = torch.full((cover.n_rows,), tokens[i], dtype=torch.long, device=cover.device)
+                new, failed = cover.narrow(sub, only)
+                if bool(failed[row]):
+                    break
+                last = i == current - 1
+                self._evaluate(self._set_aside(new, evaluate) if last else new, prefetch=False)
+            else:
+                return
+
+    def _housekeeping(self) -> None:
+        """Reclaim KV slots and candidate entries that no live history needs."""
+        cover, store = self.cover, self.runner.store
+        live = cover.live_handles()
+        if store.num_handles > max(256, 4 * len(live)) or store.length > 1.25 * self._compacted_length + 32:
+            cover.remap_handles(self.runner.compact(live))
+            self._compacted_length = store.length
+        in_use = len(cover.hyps) + len(cover.prefetched)
+        if cover.cands.used > max(64, 4 * in_use):
+            cover.compact_candidates()
+
+    def select_rows(self, source: torch.Tensor) -> None:
+        source = source.to(self.cover.device)
+        keys = self.runner.select_rows(source, self.cover.live_handles())
+        n = len(source)
+        self.cover.select_rows(source, lambda old, rows: handle_in_row(keys, old, rows, n))
+
+
+class Scheduler:
+    """Steps every member over the same rows; `next_logprobs` gives each member's [rows, sub-tokens]."""
+
+    def __init__(self, members: Sequence[EngineMember]):
+        self.members = list(members)
+
+    @property
+    def started(self) -> bool:
+        return self.members[0].cover is not None
+
+    @property
+    def n_rows(self) -> int:
+        return self.members[0].cover.n_rows
+
+    def start(self, prompts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One (left-padded ids [B, L], lengths [B]) pair per member: each member's own tokens."""
+        for member, (ids, lengths) in zip(self.members, prompts):
+            member.start(ids, lengths)
+
+    def step(
+        self,
+        subs: Sequence[torch.Tensor],
+        active: torch.Tensor | None = None,
+        evaluate: torch.Tensor | None = None,
+    ) -> None:
+        """Advance every member by its sub-tokens `subs[m]` [rows] (one batched forward per member)."""
+        for member, sub in zip(self.members, subs):
+            rows = torch.ones(len(sub), dtype=torch.bool) if active is None else active
+            member.step(sub, rows, evaluate)
+
+    def next_logprobs(self) -> list[torch.Tensor]:
+        return [member.cover.next_logprobs() for member in self.members]
+
+    def select_rows(self, source: torch.Tensor) -> None:
+        for member in self.members:
+            member.select_rows(source)
+
+    @property
+    def forward_calls(self) -> list[int]:
+        return [member.forward_calls for member in self.members]

@@ -43,12 +43,16 @@ class EnsembleScore(TextScore):
     truncated_mass: float = 0.0  # largest mass any member's pruning dropped
 
 
+def _padded(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    padded = torch.tensor([list(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    return padded, torch.tensor([len(r) for r in rows])
+
+
 def _columns(rows: Sequence[Sequence[int]]):
     """Per step: (sub-token column, rows still reading, rows whose last sub-token this is)."""
-    width = max(len(r) for r in rows)
-    lengths = torch.tensor([len(r) for r in rows])
-    padded = torch.tensor([list(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
-    for step in range(width):
+    padded, lengths = _padded(rows)
+    for step in range(padded.shape[1]):
         yield step, padded[:, step], lengths > step, lengths > step + 1
 
 
@@ -74,6 +78,7 @@ def sub_sequence_logprobs(
         )
     member = EngineMember(model, nested, settings)
     member.start(*_start_prompts(tokenizer, len(rows)))
+    member.cover.set_future(*_padded(rows))
     steps = tqdm(
         _columns(rows),
         total=max(map(len, rows)),

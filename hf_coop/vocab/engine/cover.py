@@ -28,6 +28,7 @@ sub-token leaves every kept hypothesis, the scheduler backs up to them (`take_he
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -89,6 +90,8 @@ class CandidateStore:
         device = trie.device
         self.logp = torch.empty((0, self.width), dtype=dtype, device=device)
         self.pos = None if k is None else torch.empty((0, self.width), dtype=torch.long, device=device)
+        self.best_logp = torch.empty(0, dtype=dtype, device=device)  # each entry's likeliest token
+        self.best_pos = torch.empty(0, dtype=torch.long, device=device)
         self.used = 0
 
     def add(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,10 +101,14 @@ class CandidateStore:
         if self.used + n > len(self.logp):
             grow = max(n, len(self.logp))
             self.logp = torch.cat([self.logp, self.logp.new_empty(grow, self.width)])
+            self.best_logp = torch.cat([self.best_logp, self.best_logp.new_empty(grow)])
+            self.best_pos = torch.cat([self.best_pos, self.best_pos.new_empty(grow)])
             if self.pos is not None:
                 self.pos = torch.cat([self.pos, self.pos.new_empty(grow, self.width)])
         index = torch.arange(self.used, self.used + n, device=logprobs.device)
         self.used += n
+        best = logprobs.max(dim=1)
+        self.best_logp[index], self.best_pos[index] = best.values, self.trie.position[best.indices]
         if self.k is None:
             self.logp[index] = logprobs[:, self.trie.order]
             return index, torch.zeros(n, dtype=self.dtype, device=logprobs.device)
@@ -135,6 +142,7 @@ class CandidateStore:
         remap = torch.full((max(self.used, 1),), -1, dtype=torch.long, device=live.device)
         remap[live] = torch.arange(len(live), device=live.device)
         self.logp = self.logp[live].clone()
+        self.best_logp, self.best_pos = self.best_logp[live], self.best_pos[live]
         if self.pos is not None:
             self.pos = self.pos[live].clone()
         self.used = len(live)
@@ -186,20 +194,41 @@ HYPOTHESIS = {
 }
 HELD_BACK = {"row": "long", "parent": "long", "token": "long", "logw": "float", "step": "long"}
 PREFETCHED = {"row": "long", "parent": "long", "token": "long", "handle": "long", "cand": "long",
-              "logw": "float", "kept": "float"}  # fmt: skip
+              "logw": "float", "kept": "float", "depth": "long", "born_at": "long"}  # fmt: skip
+PREFETCH_DEPTH = 3  # most boundary histories a generating row may be evaluated ahead of its births
+LOOKAHEAD = 12  # sub-tokens of a known text searched for future births
+PRUNE_SLACK_PER_STEP = 0.35  # nats per sub-token ahead: how much lighter the row's best hypothesis may get
 
 
 @dataclasses.dataclass
 class Births:
-    """Boundary histories born at one step, not yet evaluated: `h + token` for parents `parent` (handles)."""
+    """Boundary histories `h + token` (parents `parent` are handles), not yet evaluated; `born_at` is the
+    step at which a history evaluated ahead will be born (-1: unknown)."""
 
     row: torch.Tensor
     parent: torch.Tensor
     token: torch.Tensor
     logw: torch.Tensor
+    born_at: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> Births:
-        return Births(self.row[index], self.parent[index], self.token[index], self.logw[index])
+        born_at = None if self.born_at is None else self.born_at[index]
+        return Births(self.row[index], self.parent[index], self.token[index], self.logw[index], born_at)
+
+    def cat(self, other: Births) -> Births:
+        """Both sets; a missing `born_at` reads as -1."""
+
+        def born(b: Births) -> torch.Tensor:
+            return torch.full_like(b.row, -1) if b.born_at is None else b.born_at
+
+        fields = [
+            torch.cat([a, b])
+            for a, b in zip(
+                (self.row, self.parent, self.token, self.logw),
+                (other.row, other.parent, other.token, other.logw),
+            )
+        ]
+        return Births(*fields, torch.cat([born(self), born(other)]))
 
     def __len__(self) -> int:
         return len(self.row)
@@ -223,6 +252,8 @@ class CoverBatch:
         self.pending = torch.full((n_rows,), NEG_INF, dtype=self.dtype, device=device)  # unevaluated births
         self.finished = torch.zeros(n_rows, dtype=torch.bool, device=device)
         self.sub_history = torch.zeros((n_rows, 16), dtype=torch.long, device=device)  # per row, by step
+        self.future: torch.Tensor | None = None  # each row's whole sub-token sequence, when scoring
+        self.future_len: torch.Tensor | None = None
         # the next distribution's ingredients since each row's last step: (bucket, value) of the ranges that
         # go on, and (row, logw, candidate entry) of the histories attached since
         self._continuing: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -347,7 +378,6 @@ class CoverBatch:
         self._roots = [(r[~active[r]], w[~active[r]], c[~active[r]]) for r, w, c in self._roots]
         self.hyps = hyps.select(survivors)
         self._next = None
-        self._forget_prefetched()
         return births, failed
 
     def _record(self, sub: torch.Tensor, active: torch.Tensor) -> None:
@@ -438,57 +468,115 @@ class CoverBatch:
         used[index[index >= 0]] = True
         self.prefetched = self.prefetched.select(~used)
 
+    def _best_next(self, cand: torch.Tensor, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-prob, token) of the likeliest kept token of each history that goes on past `node` (-inf where
+        none does). At the root that is the history's best token (kept when it was stored); deeper, the
+        node's range is searched."""
+        cands, trie = self.cands, self.trie
+        best, pos = cands.best_logp[cand].clone(), cands.best_pos[cand].clone()
+        deep = torch.nonzero(node > 0, as_tuple=True)[0]
+        if len(deep):
+            lo, hi = cands.range_of(cand[deep], trie.node_lo[node[deep]], trie.node_hi[node[deep]])
+            owner, index = expand_ranges(lo, hi, int((hi - lo).sum()))
+            at, logp = cands.at(cand[deep][owner], index)
+            peak = torch.full((len(deep),), NEG_INF, dtype=logp.dtype, device=self.device)
+            peak.scatter_reduce_(0, owner, logp, "amax")
+            first = torch.full((len(deep),), trie.num_tokens, dtype=torch.long, device=self.device)
+            first.scatter_reduce_(0, owner, torch.where(logp == peak[owner], at, trie.num_tokens), "amin")
+            best[deep], pos[deep] = peak, first
+        return best, trie.order[pos.clamp(max=trie.num_tokens - 1)]
+
     def prefetch_candidates(self, spare: torch.Tensor) -> Births:
-        """Up to `spare[row]` boundary histories per row worth evaluating ahead: each live hypothesis' most
-        likely token that goes on past its node, best first, not prefetched yet."""
-        hyps, cands, trie = self.hyps, self.cands, self.trie
-        if not len(hyps):
-            return Births(*(hyps.row[:0] for _ in range(3)), hyps.logw[:0])
-        if cands.k is None:
-            lo, hi = trie.node_lo[hyps.node], trie.node_hi[hyps.node]
-            rows_logp = self.cands.logp[hyps.cand]
-            span = torch.arange(rows_logp.shape[1], device=self.device)
-            inside = (span[None, :] >= lo[:, None]) & (span[None, :] < hi[:, None])
-            best, index = torch.where(inside, rows_logp, NEG_INF).max(dim=1)
-            pos = index
-        else:
-            lo, hi = cands.range_of(hyps.cand, trie.node_lo[hyps.node], trie.node_hi[hyps.node])
-            span = torch.arange(cands.width, device=self.device)
-            inside = (span[None, :] >= lo[:, None]) & (span[None, :] < hi[:, None])
-            best, index = torch.where(inside, cands.logp[hyps.cand], NEG_INF).max(dim=1)
-            pos = cands.pos[hyps.cand].gather(1, index[:, None])[:, 0].clamp(max=trie.num_tokens - 1)
-        logw = hyps.logw + best
-        token = trie.order[pos]
-        pf = self.prefetched
-        known = (
-            ((hyps.handle[:, None] == pf.parent[None, :]) & (token[:, None] == pf.token[None, :])).any(1)
-            if len(pf)
-            else torch.zeros_like(hyps.row, dtype=torch.bool)
+        """Up to `spare[row]` boundary histories per row worth evaluating ahead, from each live hypothesis and
+        each history already prefetched (chains up to `PREFETCH_DEPTH` deep, so rows run ahead of their
+        births). Generating, that is each source's likeliest token going on; scoring a known text
+        (`set_future`), the histories the text will give birth to in the next `LOOKAHEAD` sub-tokens,
+        soonest first, that pruning by ratio would keep."""
+        hyps, pf = self.hyps, self.prefetched
+        chain = (
+            pf.depth < PREFETCH_DEPTH if self.future is None else torch.ones_like(pf.row, dtype=torch.bool)
         )
-        wanted = torch.isfinite(logw) & ~known
-        wanted &= rank_within(hyps.row, torch.where(wanted, logw, NEG_INF)) < spare[hyps.row]
-        return Births(hyps.row[wanted], hyps.handle[wanted], token[wanted], logw[wanted])
+        rows = torch.cat([hyps.row, pf.row[chain]])
+        parents = torch.cat([hyps.handle, pf.handle[chain]])
+        cand = torch.cat([hyps.cand, pf.cand[chain]])
+        node = torch.cat([hyps.node, torch.zeros_like(pf.row[chain])])
+        logw = torch.cat([hyps.logw, pf.logw[chain]])
+        if self.future is None:
+            best, token = self._best_next(cand, node)
+            found = Births(rows, parents, token, logw + best)
+            score = found.logw
+        else:
+            consumed = torch.cat([self.steps[hyps.row], pf.born_at[chain]])
+            found = self._future_births(rows, parents, cand, node, consumed, logw)
+            floor = torch.full((self.n_rows,), NEG_INF, dtype=self.dtype, device=self.device)
+            floor.scatter_reduce_(0, hyps.row, hyps.mass, "amax")
+            if self.settings.prune_ratio > 0:  # the best mass falls as the text goes on
+                ahead = (found.born_at - self.steps[found.row]).to(self.dtype)
+                slack = math.log(self.settings.prune_ratio) - ahead * PRUNE_SLACK_PER_STEP
+                found = found.select(found.logw >= floor[found.row] + slack)
+            score = (found.logw - floor[found.row]).clamp(-1e3, 0) - 1e4 * found.born_at
+        known = (found.parent[:, None] == pf.parent[None, :]) & (found.token[:, None] == pf.token[None, :])
+        wanted = torch.isfinite(found.logw) & ~known.any(1)
+        wanted &= rank_within(found.row, torch.where(wanted, score, NEG_INF)) < spare[found.row]
+        return found.select(wanted)
+
+    def set_future(self, sub_ids: torch.Tensor, lengths: torch.Tensor) -> None:
+        """The whole sub-token sequence each row will read (scoring), so evaluation can run ahead of it."""
+        self.future, self.future_len = sub_ids.to(self.device), lengths.to(self.device)
+
+    def _future_births(self, rows, parents, cand, node, consumed, logw) -> Births:
+        """Births the known text gives each source (a history at `node` after `consumed` sub-tokens) within
+        the next `LOOKAHEAD` sub-tokens."""
+        trie, cands = self.trie, self.cands
+        width = self.future.shape[1]
+        found = []
+        for ahead in range(LOOKAHEAD):
+            at = consumed + ahead
+            going = at < self.future_len[rows]
+            node = trie.child(node, self.future[rows, at.clamp(max=width - 1)])
+            going &= node >= 0
+            node = node.clamp(min=0)
+            lo, hi = cands.range_of(cand, trie.node_end_lo[node], trie.node_lo[node])
+            hi = torch.where(going, hi, lo)
+            owner, index = expand_ranges(lo, hi, int((hi - lo).sum()))
+            pos, logp = cands.at(cand[owner], index)
+            found.append(
+                Births(rows[owner], parents[owner], trie.order[pos], logw[owner] + logp, at[owner] + 1)
+            )
+            rows, parents, cand, node, consumed, logw = (
+                x[going] for x in (rows, parents, cand, node, consumed, logw)
+            )
+            if not len(rows):
+                break
+        out = found[0]
+        for more in found[1:]:
+            out = out.cat(more)
+        return out
 
     def add_prefetched(self, births: Births, handles, cand, kept) -> None:
-        self.prefetched = self.prefetched.extend(
-            Records(
-                {
-                    "row": births.row,
-                    "parent": births.parent,
-                    "token": births.token,
-                    "handle": handles,
-                    "cand": cand,
-                    "logw": births.logw,
-                    "kept": kept,
-                }
-            )
-        )
-
-    def _forget_prefetched(self) -> None:
-        """Prefetched histories whose parent no longer has a hypothesis can never be born."""
         pf = self.prefetched
-        if len(pf):
-            self.prefetched = pf.select(torch.isin(pf.parent, self.hyps.handle))
+        under = pf.handle[:, None] == births.parent[None, :]  # children of prefetched histories chain on
+        depth = (
+            torch.where(under.any(0), pf.depth[under.float().argmax(0)] + 1, 1)
+            if len(pf)
+            else births.row * 0 + 1
+        )
+        born_at = torch.full_like(births.row, -1) if births.born_at is None else births.born_at
+        fields = {"row": births.row, "parent": births.parent, "token": births.token, "handle": handles}
+        fields.update(cand=cand, logw=births.logw, kept=kept, depth=depth, born_at=born_at)
+        self.prefetched = pf.extend(Records(fields))
+
+    def forget_prefetched(self) -> None:
+        """Drop prefetched histories that can never be born: those whose parent is neither a live hypothesis
+        nor a kept prefetched history (call after the step's births were looked up)."""
+        pf = self.prefetched
+        pf = pf.select((pf.born_at < 0) | (pf.born_at > self.steps[pf.row]))  # a known birth step has passed
+        while True:
+            kept = torch.isin(pf.parent, torch.cat([self.hyps.handle, pf.handle]))
+            if bool(kept.all()):
+                break
+            pf = pf.select(kept)
+        self.prefetched = pf
 
     # -- handles and rows --------------------------------------------------------------------------------
     def live_handles(self) -> torch.Tensor:

@@ -53,6 +53,7 @@ class TreeKV:
         self.sliding_window = sliding_window
         self.length = 0  # slots in use in every row (shorter rows pad)
         self.capacity = 0
+        self.peak_bytes = 0  # most bytes the key/value buffers held at once
         self.keys: dict[int, torch.Tensor] = {}  # layer -> [rows, heads, capacity, head_dim]
         self.values: dict[int, torch.Tensor] = {}
         self.slot_pos = torch.full((n_rows, 0), -1, dtype=torch.long, device=device)  # -1: unused slot
@@ -82,11 +83,11 @@ class TreeKV:
 
     # -- buffers ---------------------------------------------------------------------------------------
     def reserve(self, extra: int) -> None:
-        """Make room for `extra` more slots in every row (capacity doubles)."""
+        """Make room for `extra` more slots in every row (capacity grows by a tenth, and 64 slots)."""
         need = self.length + extra
         if need <= self.capacity:
             return
-        capacity = max(need, 2 * self.capacity, 16)
+        capacity = max(need, self.capacity + self.capacity // 10 + 64)
         grow = capacity - self.capacity
         for store in (self.keys, self.values):
             for layer, buffer in store.items():
@@ -98,6 +99,7 @@ class TreeKV:
         )
         self.anc = torch.cat([self.anc, self.anc.new_zeros(len(self.anc), grow)], dim=1)
         self.capacity = capacity
+        self.peak_bytes = max(self.peak_bytes, self.memory_bytes())
 
     def write(self, layer: int, r0: int, r1: int, start: int, keys: torch.Tensor, values: torch.Tensor):
         """Store a forward's new keys/values for rows [r0, r1) at slots [start, start + q); return every
@@ -106,13 +108,14 @@ class TreeKV:
             shape = (self.n_rows, keys.shape[1], self.capacity, keys.shape[3])
             self.keys[layer] = keys.new_zeros(shape)
             self.values[layer] = values.new_zeros(shape)
+            self.peak_bytes = max(self.peak_bytes, self.memory_bytes())
         end = start + keys.shape[2]
         self.keys[layer][r0:r1, :, start:end] = keys
         self.values[layer][r0:r1, :, start:end] = values
         return self.keys[layer][r0:r1, :, :end], self.values[layer][r0:r1, :, :end]
 
-    def view(self, r0: int, r1: int) -> _StoreView:
-        return _StoreView(self, r0, r1, self.length)
+    def view(self, r0: int, r1: int, start: int) -> _StoreView:
+        return _StoreView(self, r0, r1, start)
 
     # -- masks -------------------------------------------------------------------------------------------
     def attention_masks(
@@ -163,15 +166,18 @@ class TreeKV:
         rows = torch.arange(self.n_rows, device=self.device)
         return self._add_handles(rows, torch.full_like(rows, width - 1), lengths - 1, anc)
 
-    def query_layout(self, parents: torch.Tensor, start: int, width: int):
-        """Masks' inputs for queries laid out as a [rows, width] grid of parent handles (-1: padding), written
-        at slots [start, start + width): (allowed [b, q, start + q], positions [b, q])."""
+    def query_layout(self, parents: torch.Tensor, start: int, offset: int):
+        """Masks' inputs for queries laid out as a [rows, q] grid of parent handles (-1: padding), written at
+        slots [start + offset, start + offset + q) (slots [start, start + offset) hold other queries of the
+        same extension): (allowed [b, q, start + offset + q], positions [b, q])."""
         real = parents >= 0
         safe = parents.clamp(min=0)
+        rows, width = parents.shape
         positions = torch.where(real, self.h_pos[safe] + 1, 0)
         ancestors = self.anc[safe][..., :start] & real[..., None]
-        own = torch.eye(width, dtype=torch.bool, device=self.device).expand(len(parents), width, width)
-        return torch.cat([ancestors, own], dim=-1), positions
+        others = torch.zeros((rows, width, offset), dtype=torch.bool, device=self.device)
+        own = torch.eye(width, dtype=torch.bool, device=self.device).expand(rows, width, width)
+        return torch.cat([ancestors, others, own], dim=-1), positions
 
     def add_children(
         self, parents: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, tokens: torch.Tensor
@@ -199,7 +205,7 @@ class TreeKV:
         valid = torch.arange(width, device=self.device)[None, :] < kept[:, None]
         new_slot = torch.full((self.n_rows, self.length), -1, dtype=torch.long, device=self.device)
         new_slot.scatter_(1, idx, torch.where(valid, torch.arange(width, device=self.device), -1))
-        capacity = max(width, 16)
+        capacity = width + width // 10 + 64
         for store in (self.keys, self.values):
             for layer, buffer in store.items():
                 gathered = buffer.gather(
@@ -220,6 +226,7 @@ class TreeKV:
         self.h_row, self.h_pos = rows, self.h_pos[live]
         self.anc, self.slot_pos, self.slot_token = new_anc, slot_pos, slot_token
         self.length, self.capacity = width, capacity
+        self.peak_bytes = max(self.peak_bytes, self.memory_bytes())
         return remap
 
     def select_rows(self, source: torch.Tensor, live: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,10 @@ from transformers import PreTrainedModel
 from hf_coop.vocab.engine.kv import FULL, SLIDING, TreeKV
 from hf_coop.vocab.engine.settings import EngineSettings
 
+# What one forward call costs beyond its tokens, counted in tokens: on a CPU little (the model's arithmetic
+# dominates), on an accelerator much (launch latency dominates until the batch is large).
+FORWARD_COST = {"cpu": 64, "default": 64}
+
 
 class NonFiniteLogitsError(ValueError):
     """A model produced NaN or infinite logits, so no distribution can be formed."""
@@ -85,15 +89,19 @@ class TransformersRunner:
             return masks[next(iter(self.layer_types))]
         return masks
 
-    def _call(self, store: TreeKV, r0: int, r1: int, input_ids, masks, positions, keep_last: bool):
-        kwargs = {self.cache_kwarg: store.view(r0, r1), "use_cache": True}
+    def _call(self, view, input_ids, masks, positions, keep: torch.Tensor | None):
+        """Logits of the last position of each row (`keep` None), or `[n, vocab]` for the positions where the
+        bool grid `keep` is True (row-major): the output head never runs on padding."""
+        kwargs = {self.cache_kwarg: view, "use_cache": True}
         if self.keeps_logits:
-            kwargs["logits_to_keep"] = 1 if keep_last else 0
+            kwargs["logits_to_keep"] = 1 if keep is None else keep
         self.forward_calls += 1
-        out = self.model(
+        logits = self.model(
             input_ids=input_ids, attention_mask=self._mask_argument(masks), position_ids=positions, **kwargs
-        )
-        return out.logits[:, -1:] if keep_last else out.logits
+        ).logits
+        if keep is None:
+            return logits[:, -1]
+        return logits if logits.dim() == 2 else logits[keep]  # a model that ignored the bool grid
 
     @torch.no_grad()
     def start(self, prompt_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,14 +115,45 @@ class TransformersRunner:
         for r0 in range(0, rows, self.settings.max_batch):
             r1 = min(rows, r0 + self.settings.max_batch)
             masks = store.attention_masks(allowed[r0:r1], positions[r0:r1], positions[r0:r1], model_dtype)
-            logits = self._call(store, r0, r1, prompt_ids[r0:r1], masks, positions[r0:r1], keep_last=True)
-            logprobs.append(finite_log_softmax(logits[:, -1], self.vocab_size, self.dtype, "the model"))
+            logits = self._call(store.view(r0, r1, 0), prompt_ids[r0:r1], masks, positions[r0:r1], keep=None)
+            logprobs.append(finite_log_softmax(logits, self.vocab_size, self.dtype, "the model"))
         handles = store.add_prompts(prompt_ids, lengths, positions, valid)
         return handles, torch.cat(logprobs)
 
+    def plan(self, counts: list[int]) -> list[tuple[int, int, int]]:
+        """Groups of consecutive rows `(r0, r1, width)` that cover every row with a query, each run as one
+        `[r1 - r0, width]` grid: rows are grouped where one forward's fixed cost outweighs the padding that
+        a shared width adds (dynamic programming over the rows; a forward costs about `FORWARD_COST`
+        tokens of the device)."""
+        cost = FORWARD_COST.get(self.device.type, FORWARD_COST["default"])
+        n, most = len(counts), self.settings.max_batch
+        best = [0.0] + [float("inf")] * n
+        choice: list[tuple[int, int] | None] = [None] * (n + 1)
+        for j in range(1, n + 1):
+            if counts[j - 1] == 0 and best[j - 1] < best[j]:
+                best[j], choice[j] = best[j - 1], None
+            width = 0
+            for i in range(j - 1, max(-1, j - 1 - most), -1):
+                width = max(width, counts[i])
+                total = best[i] + cost + (j - i) * width
+                if width and total < best[j]:
+                    best[j], choice[j] = total, (i, width)
+        groups, j = [], n
+        while j > 0:
+            if choice[j] is None:
+                j -= 1
+                continue
+            i, width = choice[j]
+            groups.append((i, j, width))
+            j = i
+        return groups[::-1]
+
     @torch.no_grad()
-    def extend(self, parents: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See the module docstring; rows are read from the parents' handles."""
+    def extend(
+        self, parents: torch.Tensor, tokens: torch.Tensor, plan: list[tuple[int, int, int]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See the module docstring; rows are read from the parents' handles. `plan` (from `plan`) may be
+        given when it was used to choose the queries; every row's queries must fit its group's width."""
         store = self.store
         n = len(parents)
         rows = store.h_row[parents]
@@ -123,41 +162,34 @@ class TransformersRunner:
         starts = torch.cumsum(counts, 0) - counts
         column = torch.empty_like(rows)
         column[order] = torch.arange(n, device=self.device) - starts[rows[order]]
-        counts_host = counts.tolist()
-        width = max(counts_host)
+        plan = plan or self.plan(counts.tolist())
+        width = max(w for _, _, w in plan)
         grid = torch.full((store.n_rows, width), -1, dtype=torch.long, device=self.device)
         grid[rows, column] = parents
         token_grid = torch.zeros_like(grid)
         token_grid[rows, column] = tokens.to(self.device)
-        slot = torch.empty_like(rows)
         logprobs = torch.empty((n, self.vocab_size), dtype=self.dtype, device=self.device)
-        row_step = min(store.n_rows, self.settings.max_batch)
-        col_step = max(1, self.settings.max_batch // row_step)
         model_dtype = self.model.dtype if self.model.dtype.is_floating_point else torch.float32
-        for c0 in range(0, width, col_step):
-            c1 = min(width, c0 + col_step)
-            store.reserve(c1 - c0)
-            start = store.length
-            for r0 in range(0, store.n_rows, row_step):
-                r1 = min(store.n_rows, r0 + row_step)
-                if not any(count > c0 for count in counts_host[r0:r1]):
-                    continue
+        store.reserve(width)
+        start = store.length
+        for r0, r1, group_width in plan:
+            col_step = max(1, self.settings.max_batch // (r1 - r0))
+            for c0 in range(0, group_width, col_step):
+                c1 = min(group_width, c0 + col_step)
                 chunk = grid[r0:r1, c0:c1]
-                allowed, positions = store.query_layout(chunk, start, c1 - c0)
-                key_pos = torch.cat([store.slot_pos[r0:r1, :start], positions], dim=1)
+                allowed, positions = store.query_layout(chunk, start, c0)
+                key_pos = torch.cat([store.slot_pos[r0:r1, : start + c0], positions], dim=1)
                 masks = store.attention_masks(allowed, positions, key_pos, model_dtype)
-                logits = self._call(
-                    store, r0, r1, token_grid[r0:r1, c0:c1], masks, positions, keep_last=False
-                )
+                real = chunk >= 0
+                view = store.view(r0, r1, start + c0)
+                logits = self._call(view, token_grid[r0:r1, c0:c1], masks, positions, keep=real)
                 picked = (rows >= r0) & (rows < r1) & (column >= c0) & (column < c1)
                 index = torch.nonzero(picked, as_tuple=True)[0]
-                logprobs[index] = finite_log_softmax(
-                    logits[rows[index] - r0, column[index] - c0], self.vocab_size, self.dtype, "the model"
-                )
-            in_chunk = (column >= c0) & (column < c1)
-            slot[in_chunk] = start + column[in_chunk] - c0
-            store.length = start + (c1 - c0)
-        handles = store.add_children(parents, rows, slot, tokens.to(self.device))
+                flat = torch.cumsum(real.flatten(), 0) - 1  # row-major rank of each real query
+                at = flat[(rows[index] - r0) * (c1 - c0) + column[index] - c0]
+                logprobs[index] = finite_log_softmax(logits[at], self.vocab_size, self.dtype, "the model")
+        store.length = start + width
+        handles = store.add_children(parents, rows, start + column, tokens.to(self.device))
         self.histories += n
         return handles, logprobs
 

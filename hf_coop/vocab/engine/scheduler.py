@@ -14,13 +14,13 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from hf_coop.vocab.engine.cover import Births, CoverBatch
+from hf_coop.vocab.engine.cover import Births, CoverBatch, rank_within
 from hf_coop.vocab.engine.kv import handle_in_row
 from hf_coop.vocab.engine.runner import TransformersRunner
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.sub_vocabulary import NestedTable
 
-PREFETCH_PER_ROW = 2  # most histories a row evaluates ahead in one forward's padding
+PREFETCH_PER_ROW = 2  # most histories a generating row evaluates ahead in one forward's padding
 
 
 class ZeroProbabilityError(ValueError):
@@ -77,6 +77,7 @@ class EngineMember:
         self._evaluate(births, prefetch=self.settings.prefetch)
         for row in torch.nonzero(failed, as_tuple=True)[0].tolist():
             self._back_up(row, evaluate)
+        cover.forget_prefetched()
         self._housekeeping()
 
     def _set_aside(self, births: Births, evaluate: torch.Tensor | None) -> Births:
@@ -101,12 +102,22 @@ class EngineMember:
         if not len(todo):
             return
         queries = todo
-        if prefetch:
-            counts = torch.bincount(todo.row, minlength=cover.n_rows)
-            spare = (counts.max() - counts).clamp(max=PREFETCH_PER_ROW)
-            ahead = cover.prefetch_candidates(spare)
-            queries = Births(*(torch.cat([a, b]) for a, b in zip(vars(todo).values(), vars(ahead).values())))
-        handles, logprobs = self.runner.extend(queries.parent, queries.token)
+        counts = torch.bincount(todo.row, minlength=cover.n_rows)
+        plan = self.runner.plan(counts.tolist())
+        if prefetch and cover.future is None:  # generating: fill the padding of the grids, which is free
+            width = torch.zeros_like(counts)
+            for r0, r1, group_width in plan:
+                width[r0:r1] = group_width
+            queries = todo.cat(cover.prefetch_candidates((width - counts).clamp(max=PREFETCH_PER_ROW)))
+        elif prefetch:  # a known text: widen the forward to what most rows can fill with births to come
+            ahead = cover.prefetch_candidates(torch.full_like(counts, self.settings.max_batch))
+            available = counts + torch.bincount(ahead.row, minlength=cover.n_rows)
+            width = max(int(counts.max()), int(available.float().median()))
+            width = min(width, max(int(counts.max()), self.settings.max_batch // cover.n_rows))
+            keep = rank_within(ahead.row, -ahead.born_at.float()) < (width - counts)[ahead.row]
+            queries = todo.cat(ahead.select(keep))
+            plan = self.runner.plan(torch.bincount(queries.row, minlength=cover.n_rows).tolist())
+        handles, logprobs = self.runner.extend(queries.parent, queries.token, plan)
         cand, kept = cover.store_candidates(logprobs)
         n = len(todo)
         cover.attach(todo.row, todo.logw, handles[:n], cand[:n], kept[:n])
@@ -148,7 +159,7 @@ class EngineMember:
         """Reclaim KV slots and candidate entries that no live history needs."""
         cover, store = self.cover, self.runner.store
         live = cover.live_handles()
-        if store.num_handles > max(256, 4 * len(live)) or store.length > 1.25 * self._compacted_length + 32:
+        if store.num_handles > max(256, 4 * len(live)) or store.length > 1.1 * self._compacted_length + 32:
             cover.remap_handles(self.runner.compact(live))
             self._compacted_length = store.length
         in_use = len(cover.hyps) + len(cover.prefetched)

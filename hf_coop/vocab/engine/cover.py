@@ -372,10 +372,11 @@ class CoverBatch:
             births = births.select(keep_birth)
         entry_kept = keep_entry[owner]
         size = trie.num_sub_tokens
-        stale = [active[b // size] for b, _ in self._continuing]
-        self._continuing = [(b[~old], v[~old]) for (b, v), old in zip(self._continuing, stale)]
+        self._continuing = [(b[~active[b // size]], v[~active[b // size]]) for b, v in self._continuing]
+        self._continuing = [pair for pair in self._continuing if len(pair[0])]
         self._continuing.append((bucket[entry_kept], value[entry_kept]))
         self._roots = [(r[~active[r]], w[~active[r]], c[~active[r]]) for r, w, c in self._roots]
+        self._roots = [root for root in self._roots if len(root[0])]
         self.hyps = hyps.select(survivors)
         self._next = None
         return births, failed

@@ -29,7 +29,7 @@ from hf_coop.vocab.engine.settings import EngineSettings
 
 # What one forward call costs beyond its tokens, counted in tokens: on a CPU little (the model's arithmetic
 # dominates), on an accelerator much (launch latency dominates until the batch is large).
-FORWARD_COST = {"cpu": 64, "default": 64}
+FORWARD_COST = {"cpu": 48, "default": 64}
 
 
 class NonFiniteLogitsError(ValueError):
@@ -79,10 +79,8 @@ class TransformersRunner:
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.keeps_logits = "logits_to_keep" in params
         self.store: TreeKV | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
+        self.device = model.device  # read once: a model's `device` walks its parameters
+        self.model_dtype = model.dtype if model.dtype.is_floating_point else torch.float32
 
     def _mask_argument(self, masks: dict[str, torch.Tensor]):
         if len(self.layer_types) == 1:
@@ -110,11 +108,12 @@ class TransformersRunner:
         self.store = store = TreeKV(rows, self.device, self.sliding_window)
         store.reserve(width)
         allowed, positions, valid = store.prompt_layout(lengths, width)
-        model_dtype = self.model.dtype if self.model.dtype.is_floating_point else torch.float32
         logprobs = []
         for r0 in range(0, rows, self.settings.max_batch):
             r1 = min(rows, r0 + self.settings.max_batch)
-            masks = store.attention_masks(allowed[r0:r1], positions[r0:r1], positions[r0:r1], model_dtype)
+            masks = store.attention_masks(
+                allowed[r0:r1], positions[r0:r1], positions[r0:r1], self.model_dtype
+            )
             logits = self._call(store.view(r0, r1, 0), prompt_ids[r0:r1], masks, positions[r0:r1], keep=None)
             logprobs.append(finite_log_softmax(logits, self.vocab_size, self.dtype, "the model"))
         handles = store.add_prompts(prompt_ids, lengths, positions, valid)
@@ -169,7 +168,6 @@ class TransformersRunner:
         token_grid = torch.zeros_like(grid)
         token_grid[rows, column] = tokens.to(self.device)
         logprobs = torch.empty((n, self.vocab_size), dtype=self.dtype, device=self.device)
-        model_dtype = self.model.dtype if self.model.dtype.is_floating_point else torch.float32
         store.reserve(width)
         start = store.length
         for r0, r1, group_width in plan:
@@ -179,7 +177,7 @@ class TransformersRunner:
                 chunk = grid[r0:r1, c0:c1]
                 allowed, positions = store.query_layout(chunk, start, c0)
                 key_pos = torch.cat([store.slot_pos[r0:r1, : start + c0], positions], dim=1)
-                masks = store.attention_masks(allowed, positions, key_pos, model_dtype)
+                masks = store.attention_masks(allowed, positions, key_pos, self.model_dtype)
                 real = chunk >= 0
                 view = store.view(r0, r1, start + c0)
                 logits = self._call(view, token_grid[r0:r1, c0:c1], masks, positions, keep=real)

@@ -114,8 +114,8 @@ class EngineMember:
             available = counts + torch.bincount(ahead.row, minlength=cover.n_rows)
             width = max(int(counts.max()), int(available.float().median()))
             width = min(width, max(int(counts.max()), self.settings.max_batch // cover.n_rows))
-            keep = rank_within(ahead.row, -ahead.born_at.float()) < (width - counts)[ahead.row]
-            queries = todo.cat(ahead.select(keep))
+            soonest = rank_within(ahead.row, -ahead.born_at.to(torch.float32))
+            queries = todo.cat(ahead.select(soonest < (width - counts)[ahead.row]))
             plan = self.runner.plan(torch.bincount(queries.row, minlength=cover.n_rows).tolist())
         handles, logprobs = self.runner.extend(queries.parent, queries.token, plan)
         cand, kept = cover.store_candidates(logprobs)

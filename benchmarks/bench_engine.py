@@ -213,14 +213,17 @@ def scoring_rows(model, tokenizer, passages, alone_passages) -> list[str]:
     ]
 
 
-def tiny_row(batch: int, steps: int) -> str:
+def tiny_row(batch: int, steps: int, device: str) -> str:
     tokenizers = [tiny_byte_level_tokenizer(), tiny_sentencepiece_tokenizer()]
-    models = [tiny_causal_lm(tokenizers[0]), tiny_causal_lm(tokenizers[1], arch="gpt2", seed=1)]
+    models = [
+        tiny_causal_lm(tokenizers[0]).to(device),
+        tiny_causal_lm(tokenizers[1], arch="gpt2", seed=1).to(device),
+    ]
     prompts = (PROMPTS * 4)[:batch]
     plain = 0.0
     for model, tokenizer in zip(models, tokenizers):
         tokenizer.padding_side = "left"
-        enc = tokenizer(prompts, return_tensors="pt", padding=True)
+        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
         _, seconds = timed(
             lambda m=model, e=enc, t=tokenizer: m.generate(
                 **e, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=t.pad_token_id
@@ -240,7 +243,7 @@ def load_rows(names: list[str]) -> list[str]:
     """Build time of a saved ensemble beyond loading its models, with an empty and a warm table cache."""
     from hf_coop.vocab import table_cache
 
-    loaded = [load_model(n) for n in names]
+    loaded = [load_model(n) for n in names]  # on the CPU: building the tables does not touch the weights
     models, tokenizers = [m for m, _ in loaded], [t for _, t in loaded]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -282,7 +285,7 @@ def main() -> None:
     kv = kv_row(smol, smol_tok, args.prompt_tokens, 8, args.new_bytes)
     ensemble = ensemble_row([smol, gemma], [smol_tok, gemma_tok], 8, args.new_bytes)
     scoring = scoring_rows(smol, smol_tok, passages, args.alone_passages)
-    tiny = tiny_row(8, 40)
+    tiny = tiny_row(8, 40, args.device)
     loading = load_rows(names)
     device = (
         torch.cuda.get_device_name()

@@ -135,7 +135,7 @@ def tiny_causal_lm(
     hidden_size: int = 32,
     num_layers: int = 2,
 ) -> PreTrainedModel:
-    """A randomly initialised causal LM for `tokenizer` (`arch` is "llama" or "gpt2").
+    """A randomly initialised causal LM for `tokenizer` (`arch` is "llama", "gpt2" or "gemma3").
 
     `extra_head_rows` makes the output head larger than the tokenizer, as real checkpoints often are.
     Weights are drawn with a large init range so the next-token distributions are far from uniform.
@@ -171,8 +171,29 @@ def tiny_causal_lm(
             **special,
         )
         model_cls = GPT2LMHeadModel
+    elif arch == "gemma3":  # sliding-window and global layers, as Gemma-3; a window of 4 is soon passed
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        config = Gemma3TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=max(num_layers, 2),
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=hidden_size // 4,
+            query_pre_attn_scalar=hidden_size // 4,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"] * (max(num_layers, 2) // 2),
+            max_position_embeddings=2048,
+            initializer_range=0.3,
+            tie_word_embeddings=False,
+            attn_implementation="sdpa",
+            **special,
+        )
+        model_cls = Gemma3ForCausalLM
     else:
-        raise ValueError(f"arch must be 'llama' or 'gpt2', got {arch!r}")
+        raise ValueError(f"arch must be 'llama', 'gpt2' or 'gemma3', got {arch!r}")
     torch.manual_seed(seed)
     model = model_cls(config).to(dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

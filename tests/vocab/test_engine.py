@@ -133,6 +133,24 @@ def test_reduced_beam_scores_equal_rescoring(model64, tokenizer, name):
         assert float(out.sequences_scores[row]) == pytest.approx(total, abs=BEAM_ATOL)
 
 
+def test_sliding_window_rows_equal_alone_past_the_window(tokenizer):
+    """Gemma-3-style layers (window 4, then global): every slot stays stored; the window lives in the mask."""
+    gemma = tiny_causal_lm(tokenizer, arch="gemma3", dtype=torch.float64)
+    model = reduced(gemma, tokenizer, **SETTINGS["pruned"])
+    assert_rows_equal_alone(model, PROMPTS, generate(model, PROMPTS))
+
+
+def test_out_of_memory_names_max_batch(model64, tokenizer, monkeypatch):
+    from hf_coop.vocab.engine.runner import EngineOutOfMemoryError
+
+    model = reduced(model64, tokenizer, max_batch=3)
+    monkeypatch.setattr(
+        model64, "forward", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("oom"))
+    )
+    with pytest.raises(EngineOutOfMemoryError, match=r"lower max_batch \(now 3\)"):
+        generate(model, PROMPTS[:2])
+
+
 def test_second_generate_call_equals_a_fresh_model(model64, tokenizer):
     model = reduced(model64, tokenizer, **SETTINGS["top3"])
     first = generate(model, PROMPTS[:3]).sequences
@@ -193,9 +211,13 @@ def test_ensemble_rows_equal_alone_and_one_forward_per_member_per_step(pair):
         handle.remove()
         assert len(calls) <= 8 + 1
     assert_rows_equal_alone(ensemble, prompts, out)
+    again = generate(ensemble, prompts)  # the same object again acts like a fresh one
+    assert torch.equal(again.sequences, out.sequences)
     torch.manual_seed(1)
     sampled = generate(ensemble, prompts[:2], do_sample=True, num_return_sequences=3, top_k=0)
     assert_rows_equal_alone(ensemble, prompts[:2], sampled, repeat=3)
+    forced = generate(ensemble, ["It is ", "It is"], logits_processor=[ForceAtFirstStep(1, ord(" "))])
+    assert_rows_equal_alone(ensemble, ["It is ", "It is"], forced)
 
 
 def test_ensemble_beam_scores_equal_rescoring(pair):
@@ -230,6 +252,24 @@ def test_processor_rows_equal_the_model_form(pair, driver):
             want = ensemble.tokenizer.decode(expected.sequences[row, width:], skip_special_tokens=True)
             assert processor.decode(out[row, inputs["input_ids"].shape[1] :]) == want
     inputs = processor.encode(prompts[:2])
+    torch.manual_seed(2)
+    sampled = models[driver].generate(
+        **inputs,
+        logits_processor=[processor],
+        max_new_tokens=5,
+        do_sample=True,
+        top_k=0,
+        num_return_sequences=3,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    width = inputs["input_ids"].shape[1]
+    for row, sequence in enumerate(sampled.sequences):  # each sampled row's scores equal its text alone
+        path = processor.sub_of_token[sequence[width:]].tolist()
+        alone = rescore_alone(ensemble, ensemble.tokenizer(prompts[row // 3], return_tensors="pt"), path)
+        for step, token in enumerate(sequence[width : width + len(alone)].tolist()):
+            got = float(sampled.scores[step][row, token])
+            assert got == pytest.approx(float(alone[step, path[step]]), abs=1e-5)
     beams = models[driver].generate(
         **inputs,
         logits_processor=[processor],

@@ -90,7 +90,7 @@ def tokenizer(request):
     return request.getfixturevalue(request.param)
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma3"])  # gemma3: a 4-token sliding window
 def model64(request, tokenizer):
     return tiny_causal_lm(tokenizer, arch=request.param, dtype=torch.float64, extra_head_rows=3)
 

@@ -159,7 +159,7 @@ class EngineMember:
         """Reclaim KV slots and candidate entries that no live history needs."""
         cover, store = self.cover, self.runner.store
         live = cover.live_handles()
-        if store.num_handles > max(256, 4 * len(live)) or store.length > 1.1 * self._compacted_length + 32:
+        if store.num_handles > max(256, 4 * len(live)) or store.length > 1.25 * self._compacted_length + 64:
             cover.remap_handles(self.runner.compact(live))
             self._compacted_length = store.length
         in_use = len(cover.hyps) + len(cover.prefetched)

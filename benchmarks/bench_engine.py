@@ -120,7 +120,7 @@ def engine_greedy(model, prompts, n_bytes, suppress_eos=False, **kwargs):
 
 
 def reduced_rows(model, tokenizer, batches, n_bytes) -> tuple[list[str], dict]:
-    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1)
+    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1, prompt_boundary="canonical")
     table = token_bytes(tokenizer)
     counter = Forwards(model)
     rows, facts = [], {}
@@ -154,7 +154,9 @@ def kv_row(model, tokenizer, prompt_tokens, batch, n_bytes) -> str:
     plain_bytes = sum(
         t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
     )
-    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", max_hypotheses=8, prune_ratio=1e-4)
+    reduced = ReducedVocabLM.from_model(
+        model, tokenizer, "max-bytes:3", max_hypotheses=8, prune_ratio=1e-4, prompt_boundary="canonical"
+    )
     engine_cache = reduced.new_cache()
     (_, seconds), _ = engine_greedy(reduced, prompts, n_bytes, cache=engine_cache)
     member = engine_cache.scheduler.members[0]
@@ -168,7 +170,9 @@ def kv_row(model, tokenizer, prompt_tokens, batch, n_bytes) -> str:
 
 
 def ensemble_row(models, tokenizers, batch, n_bytes) -> str:
-    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=8, prune_ratio=1e-4)
+    ensemble = CommonVocabEnsemble.from_models(
+        models, tokenizers, max_hypotheses=8, prune_ratio=1e-4, prompt_boundary="canonical"
+    )
     prompts = (PROMPTS * 4)[:batch]
     plain_seconds, plain_bytes = 0.0, 0
     for model, tokenizer in zip(models, tokenizers):
@@ -230,7 +234,9 @@ def tiny_row(batch: int, steps: int, device: str) -> str:
             )
         )
         plain += seconds / steps
-    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=8, prune_ratio=1e-4)
+    ensemble = CommonVocabEnsemble.from_models(
+        models, tokenizers, max_hypotheses=8, prune_ratio=1e-4, prompt_boundary="canonical"
+    )
     enc = ensemble.tokenizer(prompts, return_tensors="pt")
     _, seconds = timed(
         lambda: ensemble.generate(**enc, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)

@@ -23,6 +23,7 @@ from .slt import (  # noqa: E402
     inspect_checkpoint,
 )
 from .vocab import (  # noqa: E402
+    PROMPT_BOUNDARIES,
     CommonVocabEnsemble,
     CommonVocabLogitsProcessor,
     MaxNewBytesCriteria,

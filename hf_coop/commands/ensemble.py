@@ -9,6 +9,7 @@ import torch
 
 from hf_coop.vocab.ensemble import MODES, CommonVocabEnsemble, load_ensemble
 from hf_coop.vocab.mcv import SPLITS
+from hf_coop.vocab.prompt_boundary import PROMPT_BOUNDARIES
 
 
 def add_ensemble_arguments(p: argparse.ArgumentParser, flag: str = "--model") -> None:
@@ -23,11 +24,28 @@ def add_ensemble_arguments(p: argparse.ArgumentParser, flag: str = "--model") ->
     p.add_argument("--k", type=int, default=8, help="hypotheses kept per member and step (0: no cap, exact)")
     p.add_argument("--prune-ratio", type=float, default=1e-4, help="drop hypotheses lighter than this × best")
     p.add_argument("--split", choices=SPLITS, default="common", help="how members split tokens into the MCV")
+    add_prompt_boundary_argument(p)
+
+
+def add_prompt_boundary_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prompt-boundary",
+        choices=PROMPT_BOUNDARIES,
+        default="tail",
+        help="condition on the prompt's last bytes over all their tokenizations (tail), on all its text "
+        "(exact), or on its canonical tokens (canonical)",
+    )
 
 
 def ensemble_from_args(args: argparse.Namespace, default: Sequence[str]) -> CommonVocabEnsemble:
     return load_ensemble(
-        args.members or list(default), args.weights, args.mode, args.k or None, args.prune_ratio, args.split
+        args.members or list(default),
+        args.weights,
+        args.mode,
+        args.k or None,
+        args.prune_ratio,
+        args.split,
+        prompt_boundary=args.prompt_boundary,
     )
 
 

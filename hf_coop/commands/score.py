@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from hf_coop.commands.ensemble import add_prompt_boundary_argument
 from hf_coop.scoring import TextScore, canonical_logprob, check_text
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -40,6 +41,8 @@ def _run_score(args: argparse.Namespace) -> int:
 
     text = read_text_argument(args.text, args.file)
     check_text(text)
+    if args.context is not None and not (args.ensemble or args.marginal or args.sub_vocab):
+        raise SystemExit("--context needs --marginal or --ensemble (canonical scoring takes no context)")
     if args.ensemble:
         return _score_ensemble(args, text)
     model, tokenizer = load_model(args.model)
@@ -56,7 +59,16 @@ def _run_score(args: argparse.Namespace) -> int:
         from hf_coop.vocab.scoring import canonical_sub_sequence_logprob, prefix_logprob
         from hf_coop.vocab.sub_vocabulary import SubVocabulary
 
-        marginal = prefix_logprob(model, tokenizer, text, args.top_k, args.prune_ratio, progress=progress)
+        marginal = prefix_logprob(
+            model,
+            tokenizer,
+            text,
+            args.top_k,
+            args.prune_ratio,
+            progress=progress,
+            context=args.context,
+            prompt_boundary=args.prompt_boundary,
+        )
         result.update(_prefixed(marginal, "marginal_"))
         result.update(
             nats=marginal.nats, bits_per_byte=marginal.bits_per_byte, truncated_mass=marginal.truncated_mass
@@ -93,8 +105,15 @@ def _score_ensemble(args: argparse.Namespace, text: str) -> int:
     from hf_coop.vocab.ensemble import load_ensemble
     from hf_coop.vocab.scoring import ensemble_logprob
 
-    ensemble = load_ensemble(args.ensemble, args.weights, args.mode, args.top_k or None, args.prune_ratio)
-    score = ensemble_logprob(ensemble, text, args.top_k or None, args.prune_ratio)
+    ensemble = load_ensemble(
+        args.ensemble,
+        args.weights,
+        args.mode,
+        args.top_k or None,
+        args.prune_ratio,
+        prompt_boundary=args.prompt_boundary,
+    )
+    score = ensemble_logprob(ensemble, text, args.top_k or None, args.prune_ratio, context=args.context)
     result = {"ensemble": args.ensemble, "weights": ensemble.weights, "mode": args.mode, **score.to_dict()}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -144,5 +163,10 @@ def add_subcommands(subparsers) -> None:
     )
     p.add_argument("--weights", type=float, nargs="+", help="ensemble member weights (default equal)")
     p.add_argument("--mode", choices=("mean", "product"), default="mean", help="ensemble combination")
+    p.add_argument(
+        "--context",
+        help="score the text given this context (with --marginal or --ensemble): log P(text | context)",
+    )
+    add_prompt_boundary_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=_run_score)

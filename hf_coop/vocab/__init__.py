@@ -4,6 +4,7 @@ from .engine.settings import EngineSettings
 from .ensemble import CommonVocabEnsemble, CommonVocabEnsembleConfig, load_ensemble
 from .mcv import MCVReport, maximal_common_vocabulary
 from .processor import CommonVocabLogitsProcessor
+from .prompt_boundary import PROMPT_BOUNDARIES, PromptSplitter
 from .reduced_lm import MaxNewBytesCriteria, ReducedVocabConfig, ReducedVocabLM
 from .scoring import (
     EnsembleScore,

@@ -28,10 +28,11 @@ from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.mcv import SPLITS, common_vocabulary, resolve_split
+from hf_coop.vocab.prompt_boundary import check_prompt_boundary
 from hf_coop.vocab.reduced_lm import ReducedVocabLM, engine_settings, eos_sub_ids
 from hf_coop.vocab.sub_vocabulary import SubVocabulary
 from hf_coop.vocab.table_cache import tokenizer_fingerprint
-from hf_coop.vocab.tokenizers import CommonVocabTokenizer, PromptError
+from hf_coop.vocab.tokenizers import CommonVocabTokenizer, PromptError, tails_from_tensor
 
 MODES = ("mean", "product")
 NEG_INF = float("-inf")
@@ -84,7 +85,8 @@ def to_ensemble_vocab(logprobs: torch.Tensor, num_text: int, eos: Sequence[int])
 
 
 class CommonVocabEnsembleConfig(PretrainedConfig):
-    """Members by path or hub id, weights, combination mode, engine settings and the MCV's fingerprint."""
+    """Members by path or hub id, weights, combination mode, engine settings, the prompt boundary and the
+    MCV's fingerprint."""
 
     model_type = "hf_coop_common_vocab_ensemble"
 
@@ -100,6 +102,7 @@ class CommonVocabEnsembleConfig(PretrainedConfig):
         mcv_size: int | None = None,
         vocab_size: int = 257,
         tokenizer_fingerprints: list[str] | None = None,
+        prompt_boundary: str = "tail",
         **kwargs,
     ):
         if split not in SPLITS:
@@ -114,6 +117,7 @@ class CommonVocabEnsembleConfig(PretrainedConfig):
         self.mcv_size = mcv_size
         self.vocab_size = vocab_size
         self.tokenizer_fingerprints = list(tokenizer_fingerprints or [])  # member order
+        self.prompt_boundary = check_prompt_boundary(prompt_boundary)
         super().__init__(**kwargs)
 
 
@@ -156,7 +160,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
 
     config_class = CommonVocabEnsembleConfig
     main_input_name = "input_ids"
-    PROMPT_KWARGS = ("member_input_ids", "member_attention_mask")
+    PROMPT_KWARGS = ("member_input_ids", "member_attention_mask", "member_tail_bytes")
 
     def __init__(self, config: CommonVocabEnsembleConfig, members: list[ReducedVocabLM]):
         super().__init__(config)
@@ -203,6 +207,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
         names: Sequence[str] | None = None,
         sub_vocab: str = "mcv",
         settings: EngineSettings | None = None,
+        prompt_boundary: str = "tail",
         **engine_options,
     ) -> CommonVocabEnsemble:
         """Reduce every model to the MCV of all tokenizers and ensemble them; `names` (paths or hub ids,
@@ -213,7 +218,9 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
         bounded by `max_hypotheses` (the K of the CLI) and `prune_ratio`, and what pruning drops is reported
         by the scoring functions. `sub_vocab="bytes"` ensembles over single bytes instead of the MCV (the
         byte-level baseline). `engine_options` (max_batch, dtype, backtrack, prefetch) or `settings` set the
-        rest of the `EngineSettings`."""
+        rest of the `EngineSettings`. `prompt_boundary` ("tail", "exact", "canonical"): how much of a prompt
+        every member conditions on as bytes, each at its own cut (see `hf_coop.vocab.prompt_boundary`)."""
+        check_prompt_boundary(prompt_boundary)
         if len(models) != len(tokenizers) or not models:
             raise ValueError(f"give one tokenizer per model (got {len(models)} models, {len(tokenizers)})")
         if sub_vocab not in ("mcv", "bytes"):
@@ -229,7 +236,9 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
         mcv = SubVocabulary.bytes_only() if sub_vocab == "bytes" else common_vocabulary(*tokenizers)[0]
         splitter = resolve_split(split, mcv, tokenizers)
         members = [
-            ReducedVocabLM.from_model(m, t, mcv, split=splitter, settings=settings)
+            ReducedVocabLM.from_model(
+                m, t, mcv, split=splitter, settings=settings, prompt_boundary=prompt_boundary
+            )
             for m, t in zip(models, tokenizers)
         ]
         config = CommonVocabEnsembleConfig(
@@ -243,6 +252,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
             mcv_size=len(mcv.strings),
             vocab_size=len(mcv.strings) + 1,
             tokenizer_fingerprints=[tokenizer_fingerprint(t) for t in tokenizers],
+            prompt_boundary=prompt_boundary,
         )
         return cls(config, members)
 
@@ -259,30 +269,50 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
         ]
         return EngineCache(Scheduler(members))
 
-    def member_prompts(self, input_ids, attention_mask, member_input_ids=None, member_attention_mask=None):
-        """Each active member's (left-padded ids, lengths), from the tokenizer's `member_input_ids` or, for
-        ensemble ids given alone, from each member's tokenization of their text."""
+    def member_prompts(
+        self,
+        input_ids,
+        attention_mask,
+        member_input_ids=None,
+        member_attention_mask=None,
+        member_tail_bytes=None,
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[list[bytes] | None]]:
+        """Each active member's (left-padded ids, lengths) and tail bytes, from the tokenizer's
+        `member_input_ids` / `member_tail_bytes` or, for ensemble ids given alone, from each member's
+        tokenization of their bytes."""
         if member_input_ids is None:
-            texts = [
-                self.tokenizer.decode(ids[mask.bool()] if attention_mask is not None else ids)
+            prompts = [
+                self.tokenizer.decode_bytes(ids[mask.bool()] if attention_mask is not None else ids)
                 for ids, mask in zip(input_ids, attention_mask if attention_mask is not None else input_ids)
             ]
-            encoded = self.tokenizer(texts, return_tensors="pt")
+            encoded = self.tokenizer(prompts, return_tensors="pt")
             member_input_ids, member_attention_mask = (
                 encoded["member_input_ids"],
                 encoded["member_attention_mask"],
             )
-        prompts = []
+            member_tail_bytes = encoded.get("member_tail_bytes")
+        prompts, tails = [], []
         for m in self.active_members():
             ids, lengths = left_padded(member_input_ids[:, m], member_attention_mask[:, m])
             if bool((lengths < 1).any()):
                 raise PromptError(f"a prompt is empty for member {m}; give at least one token")
             prompts.append((ids, lengths))
-        return prompts
+            tails.append(None if member_tail_bytes is None else tails_from_tensor(member_tail_bytes[:, m]))
+        return prompts, tails
 
-    def start_rows(self, cache, input_ids, attention_mask, member_input_ids=None, member_attention_mask=None):
+    def start_rows(
+        self,
+        cache,
+        input_ids,
+        attention_mask,
+        member_input_ids=None,
+        member_attention_mask=None,
+        member_tail_bytes=None,
+    ):
         cache.scheduler.start(
-            self.member_prompts(input_ids, attention_mask, member_input_ids, member_attention_mask)
+            *self.member_prompts(
+                input_ids, attention_mask, member_input_ids, member_attention_mask, member_tail_bytes
+            )
         )
 
     def step_rows(self, cache: EngineCache, column: torch.Tensor) -> None:
@@ -320,6 +350,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
         cache: EngineCache | None = None,
         member_input_ids: torch.LongTensor | None = None,
         member_attention_mask: torch.Tensor | None = None,
+        member_tail_bytes: torch.LongTensor | None = None,
         **kwargs,
     ):
         """Next-token log-probabilities over the ensemble vocabulary, shape `(batch, 1, vocab)`."""
@@ -329,6 +360,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
             cache,
             member_input_ids=member_input_ids,
             member_attention_mask=member_attention_mask,
+            member_tail_bytes=member_tail_bytes,
         )
 
     # -- saving ------------------------------------------------------------------------------------------
@@ -383,6 +415,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
             names=config.members,
             sub_vocab=config.sub_vocab,
             settings=EngineSettings.from_dict(config.engine),
+            prompt_boundary=config.prompt_boundary,
         )
         if ensemble.config.mcv_fingerprint != config.mcv_fingerprint:
             raise ArtifactError(
@@ -399,8 +432,10 @@ def load_ensemble(
     max_hypotheses: int | None = 8,
     prune_ratio: float = 1e-4,
     split: str = "common",
+    prompt_boundary: str = "tail",
 ) -> CommonVocabEnsemble:
     """An ensemble of demo model names, local folders or hub ids (the CLI's and demo's entry point)."""
+    check_prompt_boundary(prompt_boundary)
     from hf_coop.models import load_model
 
     check_weights(weights, len(names))  # fail before loading anything
@@ -414,4 +449,5 @@ def load_ensemble(
         prune_ratio,
         split,
         names,
+        prompt_boundary=prompt_boundary,
     )

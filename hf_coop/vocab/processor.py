@@ -61,14 +61,27 @@ class CommonVocabLogitsProcessor(LogitsProcessor):
             sub_of_token[self.eos_token_id] = ensemble.num_text
         self.sub_of_token = sub_of_token
         self._encoded: BatchEncoding | None = None
+        self._driver_prompt: torch.Tensor | None = None
         self._cache: EngineCache | None = None
         self._previous: torch.Tensor | None = None
 
     def _driver_inputs(self, encoded: BatchEncoding) -> BatchEncoding:
-        self._encoded = encoded
+        """The driver's own tokens for the prompts: its canonical part, then its tail bytes as the driver's
+        single-byte tokens (the ensemble conditions on those bytes over all tokenizations)."""
         self._cache = None
         ids = encoded["member_input_ids"][:, self.driver]
         mask = encoded["member_attention_mask"][:, self.driver]
+        if "member_tail_bytes" in encoded:
+            tails = encoded["member_tail_bytes"][:, self.driver]
+            rows = [
+                row[keep.bool()].tolist() + self.token_of_sub[tail[tail >= 0]].tolist()
+                for row, keep, tail in zip(ids, mask, tails)
+            ]
+            width = max(map(len, rows))
+            ids = torch.tensor([[self.pad_token_id] * (width - len(r)) + r for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        self._encoded = encoded
+        self._driver_prompt = ids
         return BatchEncoding({"input_ids": ids, "attention_mask": mask})
 
     def encode(self, text: str | list[str], add_special_tokens: bool = True) -> BatchEncoding:
@@ -96,7 +109,7 @@ class CommonVocabLogitsProcessor(LogitsProcessor):
             raise PromptError(
                 "encode the prompts with processor.encode(...) / apply_chat_template(...) first"
             )
-        prompt = encoded["member_input_ids"][:, self.driver]
+        prompt = self._driver_prompt
         rows, width = input_ids.shape
         if width != prompt.shape[1] or rows % len(prompt):
             raise PromptError(
@@ -108,7 +121,9 @@ class CommonVocabLogitsProcessor(LogitsProcessor):
         self._cache = self.ensemble.new_cache()
         member_ids = encoded["member_input_ids"].repeat_interleave(repeat, dim=0)
         member_mask = encoded["member_attention_mask"].repeat_interleave(repeat, dim=0)
-        self.ensemble.start_rows(self._cache, None, None, member_ids, member_mask)
+        tails = encoded.get("member_tail_bytes")
+        tails = None if tails is None else tails.repeat_interleave(repeat, dim=0)
+        self.ensemble.start_rows(self._cache, None, None, member_ids, member_mask, tails)
 
     def _follow_reordering(self, input_ids: torch.Tensor) -> None:
         """Beam search reorders rows between calls: each row extends one row of the previous call."""

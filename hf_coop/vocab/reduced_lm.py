@@ -27,12 +27,13 @@ from transformers import (
 from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_padded, pad_logprobs
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
+from hf_coop.vocab.prompt_boundary import check_prompt_boundary
 from hf_coop.vocab.sub_vocabulary import NestedTable, SubVocabulary
-from hf_coop.vocab.tokenizers import PromptError, ReducedVocabTokenizer
+from hf_coop.vocab.tokenizers import PromptError, ReducedVocabTokenizer, tails_from_tensor
 
 
 class ReducedVocabConfig(PretrainedConfig):
-    """The sub-vocabulary, the engine settings and the nested table's fingerprint."""
+    """The sub-vocabulary, the engine settings, the prompt boundary and the nested table's fingerprint."""
 
     model_type = "hf_coop_reduced_vocab"
 
@@ -43,11 +44,13 @@ class ReducedVocabConfig(PretrainedConfig):
         split: str = "merges",
         engine: dict | None = None,
         nested_fingerprint: str | None = None,
+        prompt_boundary: str = "tail",
         **kwargs,
     ):
         self.vocab_size = vocab_size
         self.sub_vocab = sub_vocab
         self.split = split
+        self.prompt_boundary = check_prompt_boundary(prompt_boundary)
         self.engine = EngineSettings.from_dict(engine).to_dict()
         self.nested_fingerprint = nested_fingerprint
         super().__init__(**kwargs)
@@ -112,7 +115,7 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
     config_class = ReducedVocabConfig
     base_model_prefix = "original"
     main_input_name = "input_ids"
-    PROMPT_KWARGS = ("original_input_ids", "original_attention_mask")
+    PROMPT_KWARGS = ("original_input_ids", "original_attention_mask", "tail_bytes")
 
     def __init__(self, config: ReducedVocabConfig, model: PreTrainedModel, tokenizer: ReducedVocabTokenizer):
         super().__init__(config)
@@ -138,11 +141,16 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         prune_ratio: float = 0.0,
         split: str = "merges",
         settings: EngineSettings | None = None,
+        prompt_boundary: str = "tail",
         **engine_options,
     ) -> ReducedVocabLM:
-        """Reduce `model` to `sub_vocab` (a SubVocabulary, 'bytes' or 'max-bytes:N'). `top_k`,
+        """Reduce `model` to `sub_vocab` (a SubVocabulary, 'bytes', 'max-bytes:N' or 'original'). `top_k`,
         `max_hypotheses`, `prune_ratio` and `engine_options` (max_batch, dtype, backtrack, prefetch) set the
-        `EngineSettings`, or pass `settings` whole."""
+        `EngineSettings`, or pass `settings` whole. `prompt_boundary` ("tail", "exact" or "canonical") says
+        which part of a prompt is conditioned on as bytes over all its tokenizations (see
+        `hf_coop.vocab.prompt_boundary`); "canonical" conditions on the canonical tokens as plain `generate`
+        does."""
+        check_prompt_boundary(prompt_boundary)
         settings = engine_settings(settings, top_k, max_hypotheses, prune_ratio, **engine_options)
         if isinstance(sub_vocab, str):
             sub_vocab = SubVocabulary.parse(sub_vocab, tokenizer)
@@ -154,8 +162,9 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
             split=split if isinstance(split, str) else "custom",
             engine=settings.to_dict(),
             nested_fingerprint=nested.fingerprint(),
+            prompt_boundary=prompt_boundary,
         )
-        return cls(config, model, ReducedVocabTokenizer(tokenizer, nested))
+        return cls(config, model, ReducedVocabTokenizer(tokenizer, nested, prompt_boundary))
 
     # -- the engine --------------------------------------------------------------------------------------
     def new_cache(self) -> EngineCache:
@@ -164,24 +173,30 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         )
 
     def start_rows(
-        self, cache, input_ids, attention_mask, original_input_ids=None, original_attention_mask=None
+        self,
+        cache,
+        input_ids,
+        attention_mask,
+        original_input_ids=None,
+        original_attention_mask=None,
+        tail_bytes=None,
     ):
         if original_input_ids is None:
-            rows = [
-                self.tokenizer.original_ids_for(
-                    ids[mask.bool()].tolist() if attention_mask is not None else ids.tolist()
+            prompts = [
+                self.tokenizer.prompt_for(ids[mask.bool()].tolist())
+                for ids, mask in zip(
+                    input_ids, attention_mask if attention_mask is not None else input_ids.ne(-1)
                 )
-                for ids, mask in zip(input_ids, attention_mask if attention_mask is not None else input_ids)
             ]
-            encoded = self.tokenizer.from_original_ids(rows, return_tensors="pt")
-            original_input_ids, original_attention_mask = (
-                encoded["original_input_ids"],
-                encoded["original_attention_mask"],
-            )
+            encoded = self.tokenizer.encode_prompts(prompts, return_tensors="pt")
+            original_input_ids = encoded["original_input_ids"]
+            original_attention_mask = encoded["original_attention_mask"]
+            tail_bytes = encoded.get("tail_bytes")
         ids, lengths = left_padded(original_input_ids, original_attention_mask)
         if bool((lengths < 1).any()):
             raise PromptError("a prompt is empty; give at least one token (e.g. the BOS token)")
-        cache.scheduler.start([(ids, lengths)])
+        tails = None if tail_bytes is None else tails_from_tensor(tail_bytes)
+        cache.scheduler.start([(ids, lengths)], [tails])
 
     def step_rows(self, cache: EngineCache, column: torch.Tensor) -> None:
         cache.scheduler.step([column])
@@ -201,6 +216,7 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         cache: EngineCache | None = None,
         original_input_ids: torch.LongTensor | None = None,
         original_attention_mask: torch.Tensor | None = None,
+        tail_bytes: torch.LongTensor | None = None,
         **kwargs,
     ):
         """Next sub-token log-probabilities `(batch, 1, vocab)` after each row (see `engine_forward`)."""
@@ -210,4 +226,5 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
             cache,
             original_input_ids=original_input_ids,
             original_attention_mask=original_attention_mask,
+            tail_bytes=tail_bytes,
         )

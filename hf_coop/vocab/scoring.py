@@ -22,7 +22,9 @@ from hf_coop.scoring import TextScore, check_text, start_token_id
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.ensemble import CommonVocabEnsemble, check_mode, check_weights, combine
+from hf_coop.vocab.prompt_boundary import PromptSplitter, check_prompt_boundary, split_utf8
 from hf_coop.vocab.sub_vocabulary import NestedTable, SubVocabulary
+from hf_coop.vocab.token_bytes import TokenBytes
 
 
 @dataclasses.dataclass
@@ -56,8 +58,26 @@ def _columns(rows: Sequence[Sequence[int]]):
         yield step, padded[:, step], lengths > step, lengths > step + 1
 
 
-def _start_prompts(tokenizer: PreTrainedTokenizerBase, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.full((n_rows, 1), start_token_id(tokenizer)), torch.ones(n_rows, dtype=torch.long)
+def _start_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    table: TokenBytes,
+    n_rows: int,
+    context: str | bytes | None,
+    prompt_boundary: str,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], list[bytes] | None]:
+    """Every row's prompt: the start token alone, or the start token and `context`, split at
+    `prompt_boundary` (its canonical part prefilled, its tail bytes conditioned on over all their
+    tokenizations)."""
+    if context is None:
+        ids = torch.full((n_rows, 1), start_token_id(tokenizer))
+        return (ids, torch.ones(n_rows, dtype=torch.long)), None
+    text, extra = split_utf8(context) if isinstance(context, bytes) else (context, b"")
+    canonical = list(tokenizer(text)["input_ids"])
+    if not canonical or table[canonical[0]] is not None:  # condition on the start token, as without context
+        canonical.insert(0, start_token_id(tokenizer))
+    prefix, tail = PromptSplitter(table, tokenizer.bos_token_id, prompt_boundary).split(canonical, extra)
+    ids = torch.tensor([prefix] * n_rows)
+    return (ids, torch.full((n_rows,), len(prefix))), [tail] * n_rows
 
 
 def sub_sequence_logprobs(
@@ -68,16 +88,20 @@ def sub_sequence_logprobs(
     n_bytes: Sequence[int],
     settings: EngineSettings,
     progress: bool = False,
+    context: str | bytes | None = None,
+    prompt_boundary: str = "tail",
 ) -> list[PrefixScore]:
     """log Π(sub_ids) for each row: the probability that the reduced model's sub-token stream starts with
-    it, given the start token; all rows advance together (one batched forward per step)."""
+    it, given the start token (or `context`); all rows advance together (one batched forward per step)."""
     if settings.tokens_per_boundary is not None:
         raise ValueError(
             "scoring keeps every next token (tokens_per_boundary=None): K-LVR is a decoding algorithm and "
             "cannot score a given text; bound the cost with max_hypotheses / prune_ratio"
         )
     member = EngineMember(model, nested, settings)
-    member.start(*_start_prompts(tokenizer, len(rows)))
+    prompt, tails = _start_prompts(tokenizer, nested.table, len(rows), context, prompt_boundary)
+    member.start(*prompt, tails)
+    context_mass = member.cover.kept_logmass().double().tolist()  # 0 after the start token alone
     member.cover.set_future(*_padded(rows))
     steps = tqdm(
         _columns(rows),
@@ -90,7 +114,7 @@ def sub_sequence_logprobs(
         member.step(column, active, evaluate)
     cover = member.cover
     kept, truncated = cover.kept_logmass().double().tolist(), cover.truncated.double().tolist()
-    return [
+    scores = [
         PrefixScore(
             nats=k,
             n_bytes=b,
@@ -105,6 +129,13 @@ def sub_sequence_logprobs(
         )
         for k, t, b, r in zip(kept, truncated, n_bytes, rows)
     ]
+    for score, base in zip(scores, context_mass):  # P(text | context) = P(context, text) / P(context)
+        score.nats -= base
+        score.upper_nats -= base
+        score.truncated_mass = (
+            math.exp(math.log(score.truncated_mass) - base) if score.truncated_mass else 0.0
+        )
+    return scores
 
 
 def _settings(
@@ -125,10 +156,17 @@ def prefix_logprob(
     nested: NestedTable | None = None,
     progress: bool = False,
     settings: EngineSettings | None = None,
+    context: str | bytes | None = None,
+    prompt_boundary: str = "tail",
 ) -> PrefixScore | list[PrefixScore]:
     """log P(byte stream starts with `text`): the marginal over all tokenizations, the same for the original
     and every reduced model. Exact unless `max_hypotheses` / `prune_ratio` prune; then the exact value lies
-    in [nats, upper_nats]. A list of texts is scored in one batch (one score each)."""
+    in [nats, upper_nats]. A list of texts is scored in one batch (one score each).
+
+    With `context`, log P(text | context): the context is conditioned on as `prompt_boundary` says ("exact":
+    its bytes over all tokenizations, including tokens that run from the context into the text; "tail":
+    canonical tokens up to a cut, then bytes; "canonical": its canonical tokens)."""
+    check_prompt_boundary(prompt_boundary)
     texts = [text] if isinstance(text, str) else list(text)
     data = [check_text(t) for t in texts]
     nested = nested or SubVocabulary.bytes_only().nested_table(tokenizer)
@@ -138,7 +176,15 @@ def prefix_logprob(
         )
     settings = _settings(model.dtype, max_hypotheses, prune_ratio, settings)
     scores = sub_sequence_logprobs(
-        model, tokenizer, nested, [list(d) for d in data], [len(d) for d in data], settings, progress
+        model,
+        tokenizer,
+        nested,
+        [list(d) for d in data],
+        [len(d) for d in data],
+        settings,
+        progress,
+        context,
+        prompt_boundary,
     )
     return scores[0] if isinstance(text, str) else scores
 
@@ -172,6 +218,7 @@ def ensemble_logprob(
     prune_ratio: float = 1e-8,
     mixtures: Sequence[tuple[Sequence[float], str]] | None = None,
     progress: bool = False,
+    context: str | bytes | None = None,
 ) -> EnsembleScore | list[EnsembleScore] | list[list[EnsembleScore]]:
     """Score `text` under the ensemble, conditioned on each member's start token: the sum of the combined
     conditionals along the text's MCV tokens (the first member's split). Members keep every next token; only
@@ -179,7 +226,8 @@ def ensemble_logprob(
 
     `mixtures`: several (weights, mode) combinations of the same members scored in one pass (each member
     runs once whatever the mixtures); a list of scores is returned, in order. A list of texts is scored in
-    one batch; then each result is a list over texts."""
+    one batch; then each result is a list over texts. With `context`, every member conditions on it first,
+    at the ensemble's `prompt_boundary`."""
     texts = [text] if isinstance(text, str) else list(text)
     data = [check_text(t) for t in texts]
     first = ensemble.members[0]
@@ -207,7 +255,17 @@ def ensemble_logprob(
     scheduler = Scheduler(
         [EngineMember(ensemble.members[m].original, ensemble.members[m].nested, settings) for m in active]
     )
-    scheduler.start([_start_prompts(ensemble.members[m].tokenizer.original, len(texts)) for m in active])
+    starts = [
+        _start_prompts(
+            ensemble.members[m].tokenizer.original,
+            ensemble.members[m].nested.table,
+            len(texts),
+            context,
+            ensemble.config.prompt_boundary,
+        )
+        for m in active
+    ]
+    scheduler.start([prompt for prompt, _ in starts], [tails for _, tails in starts])
     used = [[active.index(m) for m in active if weights[m] > 0] for weights, _ in mixes]
     totals = torch.zeros((len(mixes), len(texts)), dtype=torch.float64)
     width = max(map(len, rows))

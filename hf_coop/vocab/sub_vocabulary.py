@@ -87,13 +87,23 @@ class SubVocabulary:
         )
 
     @classmethod
+    def original(cls, tokenizer: PreTrainedTokenizerBase) -> SubVocabulary:
+        """Every text token of the tokenizer (plus all single bytes): the identity reduction, under which each
+        token is one sub-token. Its use is the prompt boundary: a plain model conditioned on a prompt's bytes
+        (exact token healing) through `generate`."""
+        table = token_bytes(tokenizer)
+        return cls(frozenset(b for b in table.byte_strings if b) | ALL_BYTES, "original")
+
+    @classmethod
     def parse(cls, spec: str, tokenizer: PreTrainedTokenizerBase) -> SubVocabulary:
-        """`bytes` or `max-bytes:N` (the CLI's spelling)."""
+        """`bytes`, `max-bytes:N` or `original` (the CLI's spelling)."""
         if spec == "bytes":
             return cls.bytes_only()
+        if spec == "original":
+            return cls.original(tokenizer)
         if spec.startswith("max-bytes:") and spec.split(":", 1)[1].isdigit():
             return cls.max_bytes(tokenizer, int(spec.split(":", 1)[1]))
-        raise SubVocabularyError(f"unknown sub-vocabulary {spec!r}; use 'bytes' or 'max-bytes:N'")
+        raise SubVocabularyError(f"unknown sub-vocabulary {spec!r}; use 'bytes', 'max-bytes:N' or 'original'")
 
     def ordered(self) -> list[bytes]:
         """Sub-token ids: the 256 bytes first (id = byte value), then longer strings by (length, bytes)."""
@@ -194,6 +204,18 @@ class NestedTable:
             return result
 
         taus = [[control_sub[i]] if b is None else split_bytes(b) for i, b in enumerate(table.byte_strings)]
+        return cls._from_splits(taus, sub_strings, control, len(tokenizer), table, sub_vocab.name)
+
+    @classmethod
+    def _from_splits(
+        cls,
+        taus: list[list[int]],
+        sub_strings: list[bytes],
+        control: list[int],
+        vocab_size: int,
+        table: TokenBytes,
+        sub_name: str,
+    ) -> NestedTable:
         order = sorted(range(len(taus)), key=lambda i: taus[i])
         lengths = [len(taus[i]) for i in order]
         offsets = [0]
@@ -205,15 +227,26 @@ class NestedTable:
         return cls(
             sub_strings=sub_strings,
             control_token_ids=control,
-            vocab_size=len(tokenizer),
+            vocab_size=vocab_size,
             order=order_t,
             position=position,
             tau_flat=torch.tensor([s for i in order for s in taus[i]], dtype=torch.long),
             tau_offset=torch.tensor(offsets[:-1], dtype=torch.long),
             tau_len=torch.tensor(lengths, dtype=torch.long),
             table=table,
-            sub_name=sub_vocab.name,
+            sub_name=sub_name,
         )
+
+    @cached_property
+    def byte_level(self) -> NestedTable:
+        """The same tokenizer's nested table over single bytes (prompts are conditioned on byte by byte)."""
+        if self.sub_name == "bytes":
+            return self
+        control = list(self.control_token_ids)
+        control_sub = {tok: 256 + k for k, tok in enumerate(control)}
+        taus = [[control_sub[i]] if b is None else list(b) for i, b in enumerate(self.table.byte_strings)]
+        sub_strings = [bytes([b]) for b in range(256)]
+        return NestedTable._from_splits(taus, sub_strings, control, self.vocab_size, self.table, "bytes")
 
     def trie(self, device: torch.device | str = "cpu"):
         """The table as a `SplitTrie` of tensors on `device` (built once per device)."""

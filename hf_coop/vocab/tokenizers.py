@@ -10,11 +10,10 @@ from typing import Any
 import torch
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
+from hf_coop.vocab.prompt_boundary import PromptError, PromptSplitter, split_utf8
 from hf_coop.vocab.sub_vocabulary import NestedTable
 
-
-class PromptError(ValueError):
-    """A prompt that cannot be turned into the tokens the models condition on."""
+Prompt = tuple[list[int], bytes, int]  # canonical token ids, trailing bytes, how many ids stay atomic
 
 
 _SUPPORTED_PADDING = (True, "longest")
@@ -43,6 +42,18 @@ def _pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[list[list[int]],
     return ids, mask
 
 
+def pad_tails(tails: Sequence[bytes], pad: int = -1) -> list[list[int]]:
+    """Tail bytes right-padded with -1 to one width (at least 1)."""
+    width = max(1, max((len(t) for t in tails), default=0))
+    return [list(t) + [pad] * (width - len(t)) for t in tails]
+
+
+def tails_from_tensor(tail_bytes) -> list[bytes]:
+    """The inverse of `pad_tails` (a tensor or nested lists)."""
+    rows = tail_bytes.tolist() if isinstance(tail_bytes, torch.Tensor) else tail_bytes
+    return [bytes(b for b in row if b >= 0) for row in rows]
+
+
 def _conversations(conversation) -> list:
     return [conversation] if conversation and isinstance(conversation[0], dict) else list(conversation)
 
@@ -54,6 +65,25 @@ def _chat_ids(
         conversation, add_generation_prompt=add_generation_prompt, tokenize=True, **kwargs
     )
     return list(ids["input_ids"] if isinstance(ids, dict | BatchEncoding) else ids)
+
+
+def _chat_prompt(
+    tokenizer: PreTrainedTokenizerBase, conversation, add_generation_prompt: bool, **kwargs
+) -> Prompt:
+    """A rendered chat as a prompt: the template's tokens stay atomic; with `continue_final_message=True`
+    the final (partial) message's own text may become bytes."""
+    if not kwargs.get("continue_final_message"):
+        ids = _chat_ids(tokenizer, conversation, add_generation_prompt, **kwargs)
+        return ids, b"", len(ids)
+    rendered = tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
+    )
+    content = conversation[-1]["content"]
+    if not isinstance(content, str) or not content or not rendered.endswith(content):
+        ids = _chat_ids(tokenizer, conversation, add_generation_prompt, **kwargs)
+        return ids, b"", len(ids)
+    head = list(tokenizer(rendered[: -len(content)], add_special_tokens=False)["input_ids"])
+    return head + list(tokenizer(content, add_special_tokens=False)["input_ids"]), b"", len(head)
 
 
 class SubTokenizerBase:
@@ -86,9 +116,13 @@ class SubTokenizerBase:
 
 class ReducedVocabTokenizer(SubTokenizerBase):
     """Tokenizes like the original tokenizer (special tokens, chat template), then splits each token into
-    sub-tokens; the original ids travel along as `original_input_ids` / `original_attention_mask`."""
+    sub-tokens; the original ids travel along as `original_input_ids` / `original_attention_mask`. Under a
+    `prompt_boundary` other than "canonical", the prompt's last bytes travel as `tail_bytes` (right-padded
+    with -1) instead of tokens, and appear among the sub-tokens as single bytes."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, nested: NestedTable):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, nested: NestedTable, prompt_boundary: str = "tail"
+    ):
         self.original = tokenizer
         self.nested = nested
         control = nested.control_sub_id
@@ -97,6 +131,11 @@ class ReducedVocabTokenizer(SubTokenizerBase):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = control.get(pad)
         self.original_pad_id = pad if pad is not None else 0
+        self.splitter = PromptSplitter(nested.table, tokenizer.bos_token_id, prompt_boundary)
+
+    @property
+    def prompt_boundary(self) -> str:
+        return self.splitter.mode
 
     def __len__(self) -> int:
         return self.nested.num_sub_tokens
@@ -104,32 +143,54 @@ class ReducedVocabTokenizer(SubTokenizerBase):
     def original_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.original(text, add_special_tokens=add_special_tokens)["input_ids"])
 
+    def prompt(self, text: str | bytes, add_special_tokens: bool = True) -> Prompt:
+        """A text prompt as canonical ids; a `bytes` prompt may end inside a UTF-8 character."""
+        text, extra = split_utf8(text) if isinstance(text, bytes) else (text, b"")
+        return self.original_ids(text, add_special_tokens), extra, 0
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.nested.encode_tokens(self.original_ids(text, add_special_tokens))
+
+    def bounded(self, prompt: Prompt) -> tuple[list[int], bytes]:
+        """(canonical original ids, tail bytes) of a prompt under this tokenizer's `prompt_boundary`."""
+        ids, extra, atomic = prompt
+        return self.splitter.split(ids, extra, atomic)
+
+    def encode_prompts(self, prompts: Sequence[Prompt], return_tensors: str | None = None) -> BatchEncoding:
+        """Model inputs for prompts, each split at this tokenizer's prompt boundary."""
+        return self.from_bounded([self.bounded(p) for p in prompts], return_tensors)
+
+    def from_bounded(
+        self, rows: Sequence[tuple[Sequence[int], bytes]], return_tensors: str | None = None
+    ) -> BatchEncoding:
+        """Inputs for (canonical original ids, tail bytes) per row."""
+        rows = [(list(ids), tail) for ids, tail in rows]
+        if any(not ids for ids, _ in rows):
+            raise PromptError("the prompt is empty; give at least one token (e.g. the BOS token)")
+        original, original_mask = _pad_left([ids for ids, _ in rows], self.original_pad_id)
+        extra = {"original_input_ids": original, "original_attention_mask": original_mask}
+        if self.prompt_boundary != "canonical":
+            extra["tail_bytes"] = pad_tails([tail for _, tail in rows])
+        subs = [self.nested.encode_tokens(ids) + list(tail) for ids, tail in rows]
+        return self._encoding(subs, extra, return_tensors)
 
     def from_original_ids(
         self, rows: Sequence[Sequence[int]], return_tensors: str | None = None
     ) -> BatchEncoding:
-        """Sub-token inputs for prompts given as original token ids (one list per row)."""
-        rows = [list(r) for r in rows]
-        if any(not r for r in rows):
-            raise PromptError("the prompt is empty; give at least one token (e.g. the BOS token)")
-        original, original_mask = _pad_left(rows, self.original_pad_id)
-        extra = {"original_input_ids": original, "original_attention_mask": original_mask}
-        return self._encoding([self.nested.encode_tokens(r) for r in rows], extra, return_tensors)
+        """Sub-token inputs for prompts given as original token ids (one list per row), conditioned on as
+        those very tokens."""
+        return self.from_bounded([(r, b"") for r in rows], return_tensors)
 
     def __call__(
         self,
-        text: str | list[str],
+        text: str | bytes | list[str | bytes],
         return_tensors: str | None = None,
         add_special_tokens: bool = True,
         **kwargs,
     ) -> BatchEncoding:
         _check_call_options(kwargs)
-        texts = [text] if isinstance(text, str) else list(text)
-        return self.from_original_ids(
-            [self.original_ids(t, add_special_tokens) for t in texts], return_tensors
-        )
+        texts = [text] if isinstance(text, str | bytes) else list(text)
+        return self.encode_prompts([self.prompt(t, add_special_tokens) for t in texts], return_tensors)
 
     def apply_chat_template(
         self, conversation, add_generation_prompt: bool = True, return_tensors=None, **kwargs
@@ -139,10 +200,11 @@ class ReducedVocabTokenizer(SubTokenizerBase):
             raise PromptError(
                 "the original tokenizer has no chat template; pass plain prompts or set tokenizer.chat_template"
             )
-        rows = [
-            _chat_ids(self.original, c, add_generation_prompt, **kwargs) for c in _conversations(conversation)
+        prompts = [
+            _chat_prompt(self.original, c, add_generation_prompt, **kwargs)
+            for c in _conversations(conversation)
         ]
-        return self.from_original_ids(rows, return_tensors)
+        return self.encode_prompts(prompts, return_tensors)
 
     def _bytes_of(self, token_id: int, skip_special_tokens: bool) -> bytes:
         piece = self.nested.sub_token_bytes(token_id)
@@ -151,26 +213,32 @@ class ReducedVocabTokenizer(SubTokenizerBase):
             return str(self.original.convert_ids_to_tokens(original)).encode()
         return piece or b""
 
-    def original_ids_for(self, sub_ids: Sequence[int]) -> list[int]:
-        """The original tokens of sub-token ids that came without them: control sub-tokens are their tokens,
-        and each run of text is tokenized canonically, which must split back into the same sub-tokens."""
+    def prompt_for(self, sub_ids: Sequence[int]) -> Prompt:
+        """The prompt spelled by sub-token ids that came without their original tokens: control sub-tokens
+        are their tokens, and each run of text is tokenized canonically (under the "canonical" boundary it
+        must split back into the same sub-tokens; otherwise the last run may end inside a character)."""
         out: list[int] = []
         run: list[int] = []
         control = self.nested.control_token_ids
         n_text = len(self.nested.sub_strings)
+        extra = b""
         for sub in [*sub_ids, None]:
             if sub is not None and sub < n_text:
                 run.append(sub)
                 continue
             if run:
-                out.extend(self._text_run(run))
+                ids, extra = self._text_run(run, last=sub is None)
+                out.extend(ids)
                 run = []
             if sub is not None:
                 out.append(control[sub - n_text])
-        return out
+        return out, extra, 0
 
-    def _text_run(self, run: list[int]) -> list[int]:
+    def _text_run(self, run: list[int], last: bool) -> tuple[list[int], bytes]:
         data = self.nested.decode(run)
+        if last and self.prompt_boundary != "canonical":
+            text, extra = split_utf8(data)
+            return self.original_ids(text, add_special_tokens=False), extra
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -178,13 +246,13 @@ class ReducedVocabTokenizer(SubTokenizerBase):
                 f"the prompt's bytes are not UTF-8 text ({e}); encode prompts with the model's tokenizer"
             ) from e
         original = self.original_ids(text, add_special_tokens=False)
-        if self.nested.encode_tokens(original) != run:
+        if self.prompt_boundary == "canonical" and self.nested.encode_tokens(original) != run:
             raise PromptError(
                 f"the original tokenizer does not round-trip this prompt ({text[:40]!r}...): its tokens split "
                 "into other sub-tokens; encode prompts with the model's tokenizer(...) so that the original "
                 "tokens travel with them"
             )
-        return original
+        return original, b""
 
 
 class CommonVocabTokenizer(SubTokenizerBase):
@@ -201,35 +269,50 @@ class CommonVocabTokenizer(SubTokenizerBase):
     def __len__(self) -> int:
         return self.num_text + 1
 
-    def _rows(self, member_rows: list[list[list[int]]], return_tensors: str | None) -> BatchEncoding:
-        """`member_rows[row][member]`: original ids. Ensemble ids from the first member's split."""
+    def _rows(self, member_rows: list[list[Prompt]], return_tensors: str | None) -> BatchEncoding:
+        """`member_rows[row][member]`: each member's prompt, split at its own prompt boundary. Ensemble ids
+        are the first member's MCV split of its canonical part, then its tail bytes."""
+        bounded = [[m.bounded(p) for m, p in zip(self.members, row)] for row in member_rows]
         first = self.members[0].nested
-        keys = [[s for s in first.encode_tokens(r[0]) if s < self.num_text] for r in member_rows]
+        keys = [
+            [s for s in first.encode_tokens(row[0][0]) if s < self.num_text] + list(row[0][1])
+            for row in bounded
+        ]
         if any(not k for k in keys):
             raise PromptError("the prompt has no text; give at least one character")
-        width = max(len(ids) for row in member_rows for ids in row)
+        width = max(len(ids) for row in bounded for ids, _ in row)
         ids = [
-            [[m.original_pad_id] * (width - len(x)) + x for m, x in zip(self.members, row)]
-            for row in member_rows
+            [[m.original_pad_id] * (width - len(x)) + x for m, (x, _) in zip(self.members, row)]
+            for row in bounded
         ]
-        mask = [[[0] * (width - len(x)) + [1] * len(x) for x in row] for row in member_rows]
-        return self._encoding(keys, {"member_input_ids": ids, "member_attention_mask": mask}, return_tensors)
+        mask = [[[0] * (width - len(x)) + [1] * len(x) for x, _ in row] for row in bounded]
+        extra = {"member_input_ids": ids, "member_attention_mask": mask}
+        if self.members[0].prompt_boundary != "canonical":
+            tails = [pad_tails([tail for _, tail in row]) for row in bounded]
+            tail_width = max(len(t[0]) for t in tails)
+            extra["member_tail_bytes"] = [[t + [-1] * (tail_width - len(t)) for t in row] for row in tails]
+        return self._encoding(keys, extra, return_tensors)
 
     def __call__(
         self,
-        text: str | list[str],
+        text: str | bytes | list[str | bytes],
         return_tensors: str | None = None,
         add_special_tokens: bool = True,
         **kwargs,
     ) -> BatchEncoding:
         _check_call_options(kwargs)
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = [text] if isinstance(text, str | bytes) else list(text)
         return self._rows(
-            [[m.original_ids(t, add_special_tokens) for m in self.members] for t in texts], return_tensors
+            [[m.prompt(t, add_special_tokens) for m in self.members] for t in texts], return_tensors
         )
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def decode_bytes(self, ids) -> bytes:
+        """The bytes that ensemble ids spell (the EOS/padding id spells nothing)."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return b"".join(self._bytes_of(i, skip_special_tokens=True) for i in ids)
 
     def apply_chat_template(
         self, conversation, add_generation_prompt: bool = True, return_tensors=None, **kwargs
@@ -243,7 +326,7 @@ class CommonVocabTokenizer(SubTokenizerBase):
                     "tokenizer's chat_template"
                 )
         rows = [
-            [_chat_ids(m.original, c, add_generation_prompt, **kwargs) for m in self.members]
+            [_chat_prompt(m.original, c, add_generation_prompt, **kwargs) for m in self.members]
             for c in _conversations(conversation)
         ]
         return self._rows(rows, return_tensors)

@@ -165,14 +165,25 @@ def count_forwards(module):
     return calls, handle
 
 
-def test_k1_batch_of_8_costs_one_forward_per_step(model64, tokenizer):
-    model = reduced(model64, tokenizer, top_k=1)
+def tail_steps(tail_bytes: torch.Tensor) -> int:
+    """Steps of the byte walk over the prompts' tails (one batched forward each at most)."""
+    return int((tail_bytes >= 0).sum(-1).max())
+
+
+@pytest.mark.parametrize("prompt_boundary", ["canonical", "tail"])
+def test_k1_batch_of_8_costs_one_forward_per_step(model64, tokenizer, prompt_boundary):
+    # max_batch large enough that the tail walk (whole distributions, every tokenization) is not chunked
+    model = reduced(model64, tokenizer, top_k=1, prompt_boundary=prompt_boundary, max_batch=4096)
     calls, handle = count_forwards(model64)
     steps = 12
-    enc = model.tokenizer((PROMPTS + PROMPTS)[:8], return_tensors="pt")
+    # under "tail" the rows walk their tails' bytes first; rows of equal work share each forward (rows of
+    # very unequal work may be split in row groups by the forward-cost model)
+    prompts = (PROMPTS + PROMPTS)[:8] if prompt_boundary == "canonical" else ["It is a truth"] * 8
+    enc = model.tokenizer(prompts, return_tensors="pt")
     model.generate(**enc, max_new_tokens=steps, do_sample=False)
     handle.remove()
-    assert len(calls) <= steps + 1
+    walk = tail_steps(enc["tail_bytes"]) if prompt_boundary == "tail" else 0
+    assert len(calls) <= 1 + walk + steps
 
 
 def test_more_rows_than_max_batch_are_chunked(model64, tokenizer):
@@ -207,9 +218,10 @@ def test_ensemble_rows_equal_alone_and_one_forward_per_member_per_step(pair):
     counters = [count_forwards(m) for m in models]
     prompts = [*PROMPTS[:4], PROMPTS[0] + " univ"]
     out = generate(ensemble, prompts)
-    for calls, handle in counters:
+    tails = ensemble.tokenizer(prompts, return_tensors="pt")["member_tail_bytes"]
+    for member, (calls, handle) in enumerate(counters):
         handle.remove()
-        assert len(calls) <= 8 + 1
+        assert len(calls) <= 1 + tail_steps(tails[:, member]) + 8
     assert_rows_equal_alone(ensemble, prompts, out)
     again = generate(ensemble, prompts)  # the same object again acts like a fresh one
     assert torch.equal(again.sequences, out.sequences)

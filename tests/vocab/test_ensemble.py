@@ -272,6 +272,8 @@ def test_real_pair_processor_equals_model_form_and_weights_select_a_member():
     inputs = processor.encode(prompt)
     out = models[1].generate(**inputs, logits_processor=[processor], max_new_tokens=6, do_sample=False)
     assert processor.decode(out[0, inputs["input_ids"].shape[1] :]) == ensemble.tokenizer.decode(path)
+    # the prompt-boundary probe: both members read "Fr" as bytes, so the word is completed
+    assert ensemble.tokenizer.decode(greedy_text(ensemble, "The capital of Fr", n=4)).startswith("ance")
     ensemble.set_weights((1, 0))
     smol = greedy_text(ensemble, prompt, n=6)
     plain = models[0].generate(

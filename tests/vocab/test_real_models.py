@@ -43,7 +43,7 @@ def real(request):
 def test_k1_greedy_equals_original_greedy_on_20_prompts(real):
     """All 20 prompts in one batch (mixed lengths, left padding) against each prompt's plain greedy."""
     model, tokenizer = real
-    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1)
+    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1, prompt_boundary="canonical")
     expected = []
     for prompt in PROMPTS:
         enc = tokenizer(prompt, return_tensors="pt")
@@ -72,3 +72,18 @@ def test_marginal_covers_the_canonical_path_and_pruning_is_tight(real):
     pruned = prefix_logprob(model64, tokenizer, text[:7], 64, 1e-8)
     assert pruned.nats <= exact.nats + 1e-9 <= pruned.upper_nats + 2e-9
     assert exact.nats - pruned.nats < 1e-8
+
+
+@pytest.mark.parametrize("sub_vocab", ["original", "max-bytes:3"])
+def test_a_prompt_cut_inside_a_word_is_completed(real, sub_vocab):
+    """The prompt-boundary probe: canonical tokens read "The capital of Fr" as ending with the token " Fr";
+    conditioned on its bytes the model completes the word, batched with a prompt ending in a space."""
+    model, tokenizer = real
+    reduced = ReducedVocabLM.from_model(
+        model, tokenizer, sub_vocab, top_k=1, max_hypotheses=8, prune_ratio=1e-4, prompt_boundary="tail"
+    )
+    enc = reduced.tokenizer(["The capital of Fr", "The capital of France is "], return_tensors="pt")
+    out = reduced.generate(**enc, max_new_tokens=8, do_sample=False)
+    texts = reduced.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert texts[0].startswith("ance")
+    assert texts[1].startswith("Paris")

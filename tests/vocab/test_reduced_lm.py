@@ -199,7 +199,7 @@ def _masked_greedy(model, tokenizer, prompt, max_new_tokens):
 @pytest.mark.parametrize("sub_vocab", ["bytes", "max-bytes:3"])
 def test_k1_greedy_equals_original_greedy(model64, tokenizer, sub_vocab):
     """K=1 over a batch of prompts of mixed lengths reproduces each prompt's plain greedy text."""
-    reduced = ReducedVocabLM.from_model(model64, tokenizer, sub_vocab, top_k=1)
+    reduced = ReducedVocabLM.from_model(model64, tokenizer, sub_vocab, top_k=1, prompt_boundary="canonical")
     enc = reduced.tokenizer(PROMPTS, return_tensors="pt")
     out = reduced.generate(**enc, max_new_tokens=30, do_sample=False)
     for row, prompt in enumerate(PROMPTS):
@@ -250,7 +250,7 @@ def test_chat_template_prompt_round_trips(byte_level_tokenizer):
     original = byte_level_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     original = original if isinstance(original, list) else original["input_ids"]
     assert enc["original_input_ids"][0].tolist() == list(original)
-    assert reduced.tokenizer.original_ids_for(enc["input_ids"][0].tolist()) == list(original)
+    assert reduced.tokenizer.prompt_for(enc["input_ids"][0].tolist())[0] == list(original)
 
 
 def test_bad_inputs_raise_clear_errors(byte_level_tokenizer):
@@ -259,7 +259,9 @@ def test_bad_inputs_raise_clear_errors(byte_level_tokenizer):
     with pytest.raises(SubVocabularyError, match="unknown sub-vocabulary"):
         SubVocabulary.parse("chars", byte_level_tokenizer)
     model = tiny_causal_lm(byte_level_tokenizer)
-    reduced = ReducedVocabLM.from_model(model, byte_level_tokenizer, "max-bytes:3")
+    reduced = ReducedVocabLM.from_model(
+        model, byte_level_tokenizer, "max-bytes:3", prompt_boundary="canonical"
+    )
     with pytest.raises(PromptError, match="empty"):
         reduced.tokenizer("", add_special_tokens=False)
     # Sub-tokens that the original tokenizer would split differently cannot stand for a prompt.
@@ -271,6 +273,14 @@ def test_bad_inputs_raise_clear_errors(byte_level_tokenizer):
     if byte_level_tokenizer("the", add_special_tokens=False)["input_ids"] != [ord("t"), ord("h"), ord("e")]:
         with pytest.raises(PromptError, match="round-trip"):
             reduced(torch.tensor([odd]))
+        # conditioned on as bytes, the same sub-tokens are simply the text "the"
+        by_bytes = ReducedVocabLM.from_model(
+            model, byte_level_tokenizer, "max-bytes:3", prompt_boundary="exact"
+        )
+        assert torch.allclose(
+            by_bytes(torch.tensor([odd])).logits,
+            by_bytes(**by_bytes.tokenizer("the", return_tensors="pt")).logits,
+        )
     with torch.no_grad():
         model.lm_head.weight[5, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):

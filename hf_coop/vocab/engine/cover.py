@@ -192,6 +192,17 @@ HYPOTHESIS = {
     "handle": "long",
     "cand": "long",
 }
+TAIL = {  # an original token that straddles the prompt's end: the sub-tokens it has left to spell
+    "row": "long",
+    "handle": "long",  # the history it extends
+    "token": "long",
+    "logw": "float",  # the history's log-weight plus the token's log-prob
+    "byte_index": "long",  # where its remaining bytes start in `tail_bytes_flat`
+    "n_bytes": "long",  # remaining bytes of the straddled sub-token, spelled one byte each
+    "sub_index": "long",  # where its remaining sub-tokens start in the trie's `tau_flat`
+    "length": "long",  # sub-tokens left in all
+    "done": "long",  # of which spelled so far
+}
 HELD_BACK = {"row": "long", "parent": "long", "token": "long", "logw": "float", "step": "long"}
 PREFETCHED = {"row": "long", "parent": "long", "token": "long", "handle": "long", "cand": "long",
               "logw": "float", "kept": "float", "depth": "long", "born_at": "long"}  # fmt: skip
@@ -216,7 +227,9 @@ class Births:
         return Births(self.row[index], self.parent[index], self.token[index], self.logw[index], born_at)
 
     def cat(self, other: Births) -> Births:
-        """Both sets; a missing `born_at` reads as -1."""
+        """Both sets; a missing `born_at` reads as -1 (and stays missing when both lack it)."""
+        if self.born_at is None and other.born_at is None:
+            return Births(*(torch.cat([a, b]) for a, b in zip(self.fields(), other.fields())))
 
         def born(b: Births) -> torch.Tensor:
             return torch.full_like(b.row, -1) if b.born_at is None else b.born_at
@@ -229,6 +242,9 @@ class Births:
             )
         ]
         return Births(*fields, torch.cat([born(self), born(other)]))
+
+    def fields(self) -> tuple[torch.Tensor, ...]:
+        return self.row, self.parent, self.token, self.logw
 
     def __len__(self) -> int:
         return len(self.row)
@@ -247,6 +263,8 @@ class CoverBatch:
         self.hyps = Records.empty(device, self.dtype, **HYPOTHESIS)
         self.held = Records.empty(device, self.dtype, **HELD_BACK)
         self.prefetched = Records.empty(device, self.dtype, **PREFETCHED)
+        self.tails = Records.empty(device, self.dtype, **TAIL)
+        self.tail_bytes_flat: torch.Tensor | None = None  # each token's bytes, for the tails (`adopt_prompt`)
         self.steps = torch.zeros(n_rows, dtype=torch.long, device=device)  # sub-tokens consumed per row
         self.truncated = torch.full((n_rows,), NEG_INF, dtype=self.dtype, device=device)
         self.pending = torch.full((n_rows,), NEG_INF, dtype=self.dtype, device=device)  # unevaluated births
@@ -286,6 +304,37 @@ class CoverBatch:
         self._roots.append((rows, logw, cand))
         self._next = None
 
+    # -- tokens straddling the prompt's end -------------------------------------------------------------
+    def tail_next(self, tails: Records | None = None) -> torch.Tensor:
+        """The sub-token each tail spells next: a remaining byte of its straddled sub-token, then the rest
+        of its split."""
+        tails = self.tails if tails is None else tails
+        if not len(tails):
+            return tails.row
+        in_bytes = tails.done < tails.n_bytes
+        byte = self.tail_bytes_flat[torch.where(in_bytes, tails.byte_index + tails.done, 0)]
+        later = self.trie.tau_flat[torch.where(in_bytes, 0, tails.sub_index + tails.done - tails.n_bytes)]
+        return torch.where(in_bytes, byte, later)
+
+    def add_tails(self, tails: Records, bytes_flat: torch.Tensor) -> None:
+        """Start a row's state with tokens that straddle its prompt's end (see `engine/prompt.py`)."""
+        self.tail_bytes_flat = bytes_flat
+        self.tails = self.tails.extend(tails)
+        self._continuing.append((tails.row * self.trie.num_sub_tokens + self.tail_next(tails), tails.logw))
+        self._next = None
+
+    def _narrow_tails(self, sub: torch.Tensor, active: torch.Tensor) -> tuple[Births, torch.Tensor]:
+        """Advance the active rows' tails by `sub`: those that spell it go on, or are born when their token
+        is complete. Returns (births, whether each tail goes on)."""
+        tails = self.tails
+        mine = active[tails.row]
+        spelled = mine & (self.tail_next() == sub[tails.row])
+        tails = tails.replace(done=tails.done + spelled.long())
+        born = spelled & (tails.done == tails.length)
+        births = Births(tails.row[born], tails.handle[born], tails.token[born], tails.logw[born])
+        self.tails = tails
+        return births, torch.where(mine, spelled & ~born, True)
+
     # -- the distribution --------------------------------------------------------------------------------
     def next_logprobs(self) -> torch.Tensor:
         """log p(next sub-token | row's prefix) [rows, sub-tokens], normalised over the kept mass. Rows with
@@ -319,6 +368,7 @@ class CoverBatch:
         """log Π per row: the prefix probability the kept hypotheses (and unevaluated births) account for."""
         out = self.pending.clone()
         logaddexp_(out, self.hyps.row, self.hyps.mass)
+        logaddexp_(out, self.tails.row, self.tails.logw)
         return out
 
     # -- one step ----------------------------------------------------------------------------------------
@@ -343,6 +393,8 @@ class CoverBatch:
         pos, logp = cands.at(hyps.cand[owner], index)
         births = Births(hyps.row[owner], hyps.handle[owner], trie.order[pos], hyps.logw[owner] + logp)
         births = births.select(torch.isfinite(births.logw))
+        tail_births, tail_going = self._narrow_tails(sub, active)
+        births = births.cat(tail_births)
         # the tokens that go on past it: their masses and their share of the next distribution
         owner, index = expand_ranges(c_lo, c_hi, n_entries)
         pos, logp = cands.at(hyps.cand[owner], index)
@@ -353,28 +405,43 @@ class CoverBatch:
         key = trie.sub_at(pos, trie.node_depth[node[owner]])
         bucket = hyps.row[owner] * trie.num_sub_tokens + key
         # rows whose sub-token is spelled by nothing kept
+        tails, tail_mine = self.tails, active[self.tails.row]
         alive = torch.zeros(self.n_rows, dtype=torch.long, device=self.device)
-        alive.index_add_(0, hyps.row[going], torch.ones_like(hyps.row[going]))
-        alive.index_add_(0, births.row, torch.ones_like(births.row))
+        for alive_rows in (hyps.row[going], births.row, tails.row[tail_mine & tail_going]):
+            alive.index_add_(0, alive_rows, torch.ones_like(alive_rows))
         failed = active & (alive == 0)
         hyps = hyps.replace(node=torch.where(mine, node, hyps.node), mass=torch.where(mine, mass, hyps.mass))
-        keep_entry = survivors
         if self.settings.prunes:
-            keep_hyp, keep_birth = self._prune(hyps, survivors & mine, births)
-            logaddexp_(
-                self.truncated, hyps.row[mine & going & ~keep_hyp], hyps.mass[mine & going & ~keep_hyp]
+            moved_hyps, moved_tails = survivors & mine, tail_going & tail_mine
+            keep_hyp, keep_tail, keep_birth = self._prune(
+                [
+                    (hyps.row[moved_hyps], hyps.mass[moved_hyps]),
+                    (tails.row[moved_tails], tails.logw[moved_tails]),
+                    (births.row, births.logw),
+                ]
             )
-            survivors = survivors & (keep_hyp | ~mine)
-            keep_entry = survivors
+            for records, moved_now, keep, mass_of in (
+                (hyps, moved_hyps, keep_hyp, hyps.mass),
+                (tails, moved_tails, keep_tail, tails.logw),
+            ):
+                dropped = moved_now.clone()
+                dropped[moved_now] = ~keep
+                logaddexp_(self.truncated, records.row[dropped], mass_of[dropped])
+            survivors[moved_hyps] = keep_hyp
+            tail_going[moved_tails] = keep_tail
             dropped = births.select(~keep_birth)
             logaddexp_(self.truncated, dropped.row, dropped.logw)
             self._hold_back(dropped)
             births = births.select(keep_birth)
-        entry_kept = keep_entry[owner]
+        entry_kept = survivors[owner]
         size = trie.num_sub_tokens
         self._continuing = [(b[~active[b // size]], v[~active[b // size]]) for b, v in self._continuing]
         self._continuing = [pair for pair in self._continuing if len(pair[0])]
         self._continuing.append((bucket[entry_kept], value[entry_kept]))
+        self.tails = tails.select(tail_going)
+        on = tail_mine[tail_going]
+        going_tails = self.tails.select(on)
+        self._continuing.append((going_tails.row * size + self.tail_next(going_tails), going_tails.logw))
         self._roots = [(r[~active[r]], w[~active[r]], c[~active[r]]) for r, w, c in self._roots]
         self._roots = [root for root in self._roots if len(root[0])]
         self.hyps = hyps.select(survivors)
@@ -390,12 +457,13 @@ class CoverBatch:
         self.sub_history[rows, self.steps[rows]] = sub[rows]
         self.steps += active.long()
 
-    def _prune(self, hyps: Records, candidates: torch.Tensor, births: Births):
-        """Keep, per row, the heaviest of the moved hypotheses and the births: at most `max_hypotheses`,
-        none lighter than `prune_ratio` x the heaviest. Returns (keep per hypothesis, keep per birth)."""
+    def _prune(self, groups: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Keep, per row, the heaviest entries of all `groups` ((rows, log-mass) each: moved hypotheses,
+        tails, births) together: at most `max_hypotheses`, none lighter than `prune_ratio` x the heaviest.
+        Returns a keep mask per group."""
         settings = self.settings
-        rows = torch.cat([hyps.row[candidates], births.row])
-        mass = torch.cat([hyps.mass[candidates], births.logw])
+        rows = torch.cat([r for r, _ in groups])
+        mass = torch.cat([m for _, m in groups])
         keep = torch.ones_like(mass, dtype=torch.bool)
         if settings.max_hypotheses is not None:
             keep &= rank_within(rows, mass) < settings.max_hypotheses
@@ -403,10 +471,7 @@ class CoverBatch:
             best = torch.full((self.n_rows,), NEG_INF, dtype=mass.dtype, device=self.device)
             best.scatter_reduce_(0, rows, mass, "amax")
             keep &= mass >= best[rows] + torch.log(torch.tensor(settings.prune_ratio, dtype=mass.dtype))
-        n_hyps = len(rows) - len(births)
-        keep_hyp = torch.zeros(len(hyps), dtype=torch.bool, device=self.device)
-        keep_hyp[candidates] = keep[:n_hyps]
-        return keep_hyp, keep[n_hyps:]
+        return list(torch.split(keep, [len(r) for r, _ in groups]))
 
     def _hold_back(self, dropped: Births) -> None:
         backtrack = self.settings.backtrack
@@ -438,6 +503,7 @@ class CoverBatch:
         self.hyps = self.hyps.select(~rows[self.hyps.row])
         self.held = self.held.select(~rows[self.held.row])
         self.prefetched = self.prefetched.select(~rows[self.prefetched.row])
+        self.tails = self.tails.select(~rows[self.tails.row])
         self._next = None
 
     # -- back-up -----------------------------------------------------------------------------------------
@@ -451,6 +517,7 @@ class CoverBatch:
         taken = self.held.select(chosen)
         self.held = self.held.select(~chosen)
         self.hyps = self.hyps.select(self.hyps.row != row)
+        self.tails = self.tails.select(self.tails.row != row)
         return Births(taken.row, taken.parent, taken.token, taken.logw), step
 
     # -- prefetched histories ----------------------------------------------------------------------------
@@ -581,11 +648,12 @@ class CoverBatch:
 
     # -- handles and rows --------------------------------------------------------------------------------
     def live_handles(self) -> torch.Tensor:
-        return torch.cat([self.hyps.handle, self.held.parent, self.prefetched.handle])
+        return torch.cat([self.hyps.handle, self.held.parent, self.prefetched.handle, self.tails.handle])
 
     def remap_handles(self, remap: torch.Tensor) -> None:
         self.hyps = self.hyps.replace(handle=remap[self.hyps.handle])
         self.held = self.held.replace(parent=remap[self.held.parent])
+        self.tails = self.tails.replace(handle=remap[self.tails.handle])
         self.prefetched = self.prefetched.replace(
             parent=remap[self.prefetched.parent], handle=remap[self.prefetched.handle]
         )
@@ -610,6 +678,7 @@ class CoverBatch:
         self.hyps = copy(self.hyps, "handle")
         self.held = copy(self.held, "parent")
         self.prefetched = copy(self.prefetched, "parent", "handle")
+        self.tails = copy(self.tails, "handle")
         for name in ("steps", "truncated", "pending", "finished", "sub_history"):
             setattr(self, name, getattr(self, name).index_select(0, source))
         if self._next is not None:

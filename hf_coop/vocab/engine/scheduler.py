@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 
 from hf_coop.vocab.engine.cover import Births, CoverBatch, rank_within
 from hf_coop.vocab.engine.kv import handle_in_row
+from hf_coop.vocab.engine.prompt import adopt_prompt, padded_tails, walk_settings
 from hf_coop.vocab.engine.runner import TransformersRunner
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.sub_vocabulary import NestedTable
@@ -36,11 +37,12 @@ class EngineMember:
         nested: NestedTable,
         settings: EngineSettings,
         eos_sub_ids: Sequence[int] = (),
+        runner: TransformersRunner | None = None,
     ):
         self.model = model
         self.nested = nested
         self.settings = settings
-        self.runner = TransformersRunner(model, nested.vocab_size, settings)
+        self.runner = runner or TransformersRunner(model, nested.vocab_size, settings)
         self.trie = nested.trie(self.runner.device)
         self.eos = torch.zeros(nested.num_sub_tokens, dtype=torch.bool, device=self.runner.device)
         self.eos[list(eos_sub_ids)] = True
@@ -52,16 +54,46 @@ class EngineMember:
     def forward_calls(self) -> int:
         return self.runner.forward_calls
 
-    def start(self, prompt_ids: torch.Tensor, lengths: torch.Tensor) -> None:
-        rows = len(prompt_ids)
+    def start(
+        self, prompt_ids: torch.Tensor, lengths: torch.Tensor, tails: Sequence[bytes] | None = None
+    ) -> None:
+        """Prefill each row's canonical tokens (left-padded `prompt_ids`, `lengths`), then condition it on its
+        tail bytes, if any, over every tokenization of them (see `engine/prompt.py`)."""
         if bool((lengths < 1).any()):
             raise ValueError("a prompt is empty; give at least one token (e.g. the BOS token)")
         handles, logprobs = self.runner.start(prompt_ids, lengths)
-        self.cover = cover = CoverBatch(self.trie, self.settings, rows)
-        cand, kept = cover.store_candidates(logprobs)
-        zeros = torch.zeros(rows, dtype=cover.dtype, device=cover.device)
-        cover.attach(torch.arange(rows, device=cover.device), zeros, handles, cand, kept)
+        if tails is not None and any(tails):
+            self.cover = self._walk_tails(handles, logprobs, list(tails))
+        else:
+            self.cover = self._open(self.trie, self.settings, handles, logprobs)
         self._compacted_length = self.runner.store.length
+
+    @staticmethod
+    def _open(trie, settings: EngineSettings, handles: torch.Tensor, logprobs: torch.Tensor) -> CoverBatch:
+        """A cover whose rows start at the histories `handles` (one per row) with these next-token log-probs."""
+        cover = CoverBatch(trie, settings, len(handles))
+        cand, kept = cover.store_candidates(logprobs)
+        zeros = torch.zeros(len(handles), dtype=cover.dtype, device=cover.device)
+        cover.attach(torch.arange(len(handles), device=cover.device), zeros, handles, cand, kept)
+        return cover
+
+    def _walk_tails(self, handles: torch.Tensor, logprobs: torch.Tensor, tails: list[bytes]) -> CoverBatch:
+        byte_level = self.nested.byte_level
+        walker = EngineMember(self.model, byte_level, walk_settings(self.settings), runner=self.runner)
+        walker.cover = self._open(walker.trie, walker.settings, handles, logprobs)
+        walker._compacted_length = self.runner.store.length
+        ids, lengths = padded_tails(tails, walker.cover.device)
+        walker.cover.set_future(ids, lengths)
+        for step in range(ids.shape[1]):
+            walker.step(ids[:, step], lengths > step, None)
+        self.back_ups += walker.back_ups
+        return adopt_prompt(walker.cover, self.trie, self.settings, self.sub_lengths)
+
+    @property
+    def sub_lengths(self) -> torch.Tensor:
+        """Byte length of every sub-token (0 for control sub-tokens)."""
+        lengths = [len(s) for s in self.nested.sub_strings] + [0] * len(self.nested.control_token_ids)
+        return torch.tensor(lengths, dtype=torch.long, device=self.runner.device)
 
     def step(self, sub: torch.Tensor, active: torch.Tensor, evaluate: torch.Tensor | None) -> None:
         """Condition the `active` rows on `sub`; rows whose `evaluate` is False count their new boundary
@@ -187,10 +219,16 @@ class Scheduler:
     def n_rows(self) -> int:
         return self.members[0].cover.n_rows
 
-    def start(self, prompts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """One (left-padded ids [B, L], lengths [B]) pair per member: each member's own tokens."""
-        for member, (ids, lengths) in zip(self.members, prompts):
-            member.start(ids, lengths)
+    def start(
+        self,
+        prompts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        tails: Sequence[Sequence[bytes] | None] | None = None,
+    ) -> None:
+        """One (left-padded ids [B, L], lengths [B]) pair per member: each member's own canonical tokens;
+        `tails[m]`: member m's tail bytes per row, conditioned on over all their tokenizations."""
+        tails = tails or [None] * len(self.members)
+        for member, (ids, lengths), member_tails in zip(self.members, prompts, tails):
+            member.start(ids, lengths, member_tails)
 
     def step(
         self,

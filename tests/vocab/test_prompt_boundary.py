@@ -1,0 +1,288 @@
+"""Prompts conditioned on their bytes: exact oracles that enumerate every tokenization of a prompt."""
+
+import math
+from collections import defaultdict
+
+import pytest
+import torch
+
+from hf_coop.testing import tiny_causal_lm
+from hf_coop.vocab.ensemble import CommonVocabEnsemble, to_ensemble_vocab
+from hf_coop.vocab.processor import CommonVocabLogitsProcessor
+from hf_coop.vocab.prompt_boundary import PromptError, PromptSplitter
+from hf_coop.vocab.reduced_lm import ReducedVocabConfig, ReducedVocabLM, eos_sub_ids
+from hf_coop.vocab.token_bytes import spelled_bytes
+
+PROMPTS = ["It is a tru", "The qu", "é", "Mr. Bennet was so", "a b "]
+
+
+@pytest.fixture(scope="module", params=["byte_level_tokenizer", "sentencepiece_tokenizer"])
+def tokenizer(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def model64(request, tokenizer):
+    return tiny_causal_lm(tokenizer, arch=request.param, dtype=torch.float64, extra_head_rows=3)
+
+
+def reduce(model, tokenizer, sub_vocab="bytes", prompt_boundary="exact", **settings):
+    return ReducedVocabLM.from_model(
+        model, tokenizer, sub_vocab, dtype="float64", prompt_boundary=prompt_boundary, **settings
+    )
+
+
+def first_sub(nested, token: int, inside: int) -> int:
+    """The sub-token a token emits first when its first `inside` bytes close the prompt: the straddled
+    sub-token's next byte, or the next whole sub-token of its split."""
+    split = nested.split(token)
+    spelled = 0
+    for sub in split:
+        if spelled == inside:
+            return sub
+        piece = nested.sub_strings[sub]
+        if spelled + len(piece) > inside:
+            return nested.sub_strings[sub][inside - spelled]  # a single byte's sub-token id is its value
+        spelled += len(piece)
+    raise AssertionError("the token ends inside the prompt")
+
+
+@torch.no_grad()
+def oracle_next_logprobs(model, tokenizer, nested, prefix_ids: list[int], data: bytes) -> torch.Tensor:
+    """log P(next sub-token | prefix tokens, then `data` as bytes): every token sequence whose bytes start
+    with `data`, grouped by the sub-token it spells first after `data`."""
+    table, n = nested.table, len(tokenizer)
+    first = torch.tensor([nested.split(u)[0] for u in range(n)])
+    by_first_byte = defaultdict(list)
+    for u in range(n):
+        if table[u]:
+            by_first_byte[table[u][0]].append(u)
+    buckets, values = [], []
+
+    def walk(ids, pos, logw):
+        logprobs = logw + torch.log_softmax(model(torch.tensor([ids])).logits[0, -1, :n].double(), -1)
+        rest = data[pos:]
+        if not rest:  # a boundary at the prompt's end: every token spells its split's first sub-token
+            buckets.append(first)
+            values.append(logprobs)
+            return
+        for u in by_first_byte[rest[0]]:
+            piece = table[u]
+            if rest.startswith(piece):
+                walk(ids + [u], pos + len(piece), logprobs[u].item())
+            elif piece.startswith(rest):
+                buckets.append(torch.tensor([first_sub(nested, u, len(rest))]))
+                values.append(logprobs[u : u + 1])
+
+    walk(list(prefix_ids), 0, 0.0)
+    values, buckets = torch.cat(values), torch.cat(buckets)
+    out = torch.full((nested.num_sub_tokens,), -math.inf, dtype=torch.float64)
+    for sub in buckets.unique().tolist():
+        out[sub] = torch.logsumexp(values[buckets == sub], 0)
+    return out - torch.logsumexp(out, 0)
+
+
+def engine_next_logprobs(reduced, prompts) -> torch.Tensor:
+    enc = reduced.tokenizer(prompts, return_tensors="pt")
+    return reduced(**enc).logits[:, 0].double()
+
+
+def assert_close(got, want):
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(got))
+    assert torch.allclose(got[finite], want[finite], atol=1e-9)
+
+
+def bounded(reduced, prompt):
+    return reduced.tokenizer.bounded(reduced.tokenizer.prompt(prompt))
+
+
+@pytest.mark.parametrize("sub_vocab", ["bytes", "max-bytes:2"])
+def test_exact_equals_enumeration_of_every_tokenization(model64, tokenizer, sub_vocab):
+    reduced = reduce(model64, tokenizer, sub_vocab)
+    for prompt in ["The q", "é", "a b "]:
+        prefix, tail = bounded(reduced, prompt)
+        assert len(prefix) == 1 and tail  # the BOS token, then every byte of the text
+        want = oracle_next_logprobs(model64, tokenizer, reduced.nested, prefix, tail)
+        assert_close(engine_next_logprobs(reduced, [prompt])[0], want)
+
+
+def test_tail_equals_enumeration_after_the_canonical_cut(model64, tokenizer):
+    reduced = reduce(model64, tokenizer, "max-bytes:2", prompt_boundary="tail")
+    exact_model = reduce(model64, tokenizer, "max-bytes:2")
+    for prompt in PROMPTS:
+        prefix, tail = bounded(reduced, prompt)
+        want = oracle_next_logprobs(model64, tokenizer, reduced.nested, prefix, tail)
+        got = engine_next_logprobs(reduced, [prompt])[0]
+        assert_close(got, want)
+    # a word that starts a vocabulary token: nothing before the cut, so "tail" is "exact"
+    words = [
+        w for w in ["th", " t", " qu", "Th", "is", "a"] if bounded(reduced, w)[0] == [tokenizer.bos_token_id]
+    ]
+    assert len(words) >= 2
+    for word in words:
+        assert bounded(reduced, word) == bounded(exact_model, word)
+        assert_close(engine_next_logprobs(reduced, [word])[0], engine_next_logprobs(exact_model, [word])[0])
+
+
+def test_batched_prompts_equal_alone_with_their_own_cuts(model64, tokenizer):
+    reduced = reduce(model64, tokenizer, "max-bytes:2", prompt_boundary="tail")
+    prompts = [*PROMPTS, "It is a tru", "It is", "é".encode()[:1], b"caf\xc3"]
+    batch = engine_next_logprobs(reduced, prompts)
+    for row, prompt in enumerate(prompts):
+        assert_close(batch[row], engine_next_logprobs(reduced, [prompt])[0])
+
+
+def test_a_prompt_ending_inside_a_utf8_character(model64, tokenizer):
+    reduced = reduce(model64, tokenizer, "bytes")
+    prompt = "café".encode()[:-1]
+    prefix, tail = bounded(reduced, prompt)
+    assert tail.endswith(b"\xc3")
+    logprobs = engine_next_logprobs(reduced, [prompt])[0]
+    assert_close(logprobs, oracle_next_logprobs(model64, tokenizer, reduced.nested, prefix, tail))
+    canonical = reduce(model64, tokenizer, "bytes", prompt_boundary="canonical")
+    with pytest.raises(PromptError, match="inside a UTF-8 character"):
+        canonical.tokenizer(prompt)
+
+
+def test_canonical_keeps_the_tokens_and_tail_cuts_at_a_token_start(model64, tokenizer):
+    canonical = reduce(model64, tokenizer, "bytes", prompt_boundary="canonical")
+    enc = canonical.tokenizer("It is a tru")
+    assert "tail_bytes" not in enc
+    assert enc["original_input_ids"] == tokenizer("It is a tru")["input_ids"]
+    splitter = PromptSplitter(canonical.nested.table, tokenizer.bos_token_id, "tail")
+    ids = tokenizer("Mr. Bennet was so")["input_ids"]
+    prefix, tail = splitter.split(ids)
+    table = canonical.nested.table
+    assert table.decode(prefix) + tail == table.decode(ids)
+    assert any(t.startswith(tail[-1:]) for t in splitter.sorted_tokens)
+
+
+def test_a_prompt_of_special_tokens_only_is_conditioned_on_them(model64, tokenizer):
+    reduced = reduce(model64, tokenizer, "bytes")
+    bos = tokenizer.bos_token_id
+    assert reduced.tokenizer.bounded(([bos], b"", 0)) == ([bos], b"")
+    enc = reduced.tokenizer.from_bounded([([bos], b"")], return_tensors="pt")
+    reference = reduce(model64, tokenizer, "bytes", prompt_boundary="canonical")
+    ref = reference.tokenizer.from_original_ids([[bos]], return_tensors="pt")
+    assert_close(reduced(**enc).logits[0, 0].double(), reference(**ref).logits[0, 0].double())
+
+
+def test_the_mode_is_saved_and_unknown_modes_are_refused(model64, tokenizer, tmp_path):
+    reduced = reduce(model64, tokenizer, "bytes", prompt_boundary="exact")
+    reduced.config.save_pretrained(tmp_path)
+    assert ReducedVocabConfig.from_pretrained(tmp_path).prompt_boundary == "exact"
+    with pytest.raises(ValueError, match="'tail', 'exact', 'canonical'"):
+        reduce(model64, tokenizer, "bytes", prompt_boundary="healing")
+
+
+def test_a_partial_assistant_turn_is_conditioned_on_as_bytes(byte_level_tokenizer):
+    model = tiny_causal_lm(byte_level_tokenizer, dtype=torch.float64)
+    reduced = reduce(model, byte_level_tokenizer, "max-bytes:2")
+    chat = [{"role": "user", "content": "Capital?"}, {"role": "assistant", "content": "The capital of Fr"}]
+    enc = reduced.tokenizer.apply_chat_template(
+        chat, add_generation_prompt=False, continue_final_message=True
+    )
+    assert bytes(b for b in enc["tail_bytes"] if b >= 0) == b"The capital of Fr"
+    template = byte_level_tokenizer.apply_chat_template(chat, tokenize=False, continue_final_message=True)
+    head = byte_level_tokenizer(template[: -len("The capital of Fr")], add_special_tokens=False)["input_ids"]
+    assert enc["original_input_ids"] == head  # the template's tokens stay canonical
+    # without a partial turn the generation prompt stays canonical, with no tail
+    enc = reduced.tokenizer.apply_chat_template(chat[:1])
+    assert all(b < 0 for b in enc["tail_bytes"])
+    assert enc["original_input_ids"] == list(
+        byte_level_tokenizer.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=True)[
+            "input_ids"
+        ]
+    )
+
+
+def test_identity_reduction_is_exact_token_healing(model64, tokenizer):
+    """`sub_vocab="original"`: canonical prompts give the plain model's greedy text; "tail" prompts give the
+    oracle's distribution over the model's own tokens."""
+    healing = reduce(model64, tokenizer, "original", prompt_boundary="tail", top_k=1)
+    plain = reduce(model64, tokenizer, "original", prompt_boundary="canonical", top_k=1)
+    prompt = "It is a tru"
+    enc = plain.tokenizer(prompt, return_tensors="pt")
+    out = plain.generate(**enc, max_new_tokens=6, do_sample=False)
+    ids = tokenizer(prompt, return_tensors="pt")
+    want = model64.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert plain.tokenizer.decode(out[0]) == tokenizer.decode(want[0], skip_special_tokens=False).replace(
+        tokenizer.decode(ids["input_ids"][0]), prompt, 1
+    ) or plain.nested.table.decode(want[0].tolist()) == plain.nested.decode(out[0].tolist())
+    prefix, tail = bounded(healing, prompt)
+    exact_healing = reduce(model64, tokenizer, "original", prompt_boundary="tail")
+    assert_close(
+        engine_next_logprobs(exact_healing, [prompt])[0],
+        oracle_next_logprobs(model64, tokenizer, healing.nested, prefix, tail),
+    )
+
+
+def test_context_scores_are_ratios_of_byte_marginals(model64, tokenizer):
+    from hf_coop.vocab.scoring import prefix_logprob
+
+    context, text = "a tr", "uth"
+    spelled = spelled_bytes(tokenizer, context).decode()  # a SentencePiece dummy prefix space included
+    joint = prefix_logprob(model64, tokenizer, spelled + text).nats
+    alone = prefix_logprob(model64, tokenizer, spelled).nats
+    given = prefix_logprob(model64, tokenizer, [text, text], context=context, prompt_boundary="exact")
+    assert given[0].nats == pytest.approx(joint - alone, abs=1e-9)
+    assert given[1].nats == pytest.approx(given[0].nats, abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def pair(byte_level_tokenizer, sentencepiece_tokenizer):
+    return (
+        [
+            tiny_causal_lm(byte_level_tokenizer, dtype=torch.float64),
+            tiny_causal_lm(sentencepiece_tokenizer, arch="gpt2", seed=1, dtype=torch.float64),
+        ],
+        [byte_level_tokenizer, sentencepiece_tokenizer],
+    )
+
+
+def test_ensemble_members_condition_on_the_same_prompt_bytes(pair):
+    """Each member conditions on the prompt's bytes at its own cut; a one-member mixture equals that
+    member reduced to the MCV alone, and batched rows (bytes prompts included) equal alone."""
+    models, tokenizers = pair
+    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, dtype="float64", prompt_boundary="exact")
+    prompts = ["The qu", "é", b"caf\xc3", "a b "]
+    enc = ensemble.tokenizer(prompts, return_tensors="pt")
+    for row, prompt in enumerate(prompts):
+        tails = [bytes(b for b in enc["member_tail_bytes"][row, m].tolist() if b >= 0) for m in range(2)]
+        assert tails[0].endswith(prompt if isinstance(prompt, bytes) else prompt.encode())
+        assert tails[1].endswith(prompt if isinstance(prompt, bytes) else prompt.encode())
+    batch = ensemble(**enc).logits[:, 0].double()
+    for row, prompt in enumerate(prompts):
+        alone = ensemble(**ensemble.tokenizer([prompt], return_tensors="pt")).logits[0, 0].double()
+        assert_close(batch[row], alone)
+    ensemble.set_weights([1.0, 0.0])
+    member = ensemble.members[0]
+    eos = eos_sub_ids(member.original, member.tokenizer.original, member.nested)
+    for prompt in prompts[:2]:
+        alone = member(**member.tokenizer([prompt], return_tensors="pt")).logits[:, 0].double()
+        want = to_ensemble_vocab(alone, ensemble.num_text, eos)[0]
+        assert_close(
+            ensemble(**ensemble.tokenizer([prompt], return_tensors="pt")).logits[0, 0].double(), want
+        )
+
+
+def test_processor_follows_the_prompt_bytes(pair):
+    models, tokenizers = pair
+    ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4, dtype="float64")
+    prompts = ["It is a tru", "The qu", "é"]
+    enc = ensemble.tokenizer(prompts, return_tensors="pt")
+    expected = ensemble.generate(**enc, max_new_tokens=6, do_sample=False)
+    processor = CommonVocabLogitsProcessor(ensemble, driver=0)
+    inputs = processor.encode(prompts)
+    out = models[0].generate(
+        **inputs,
+        logits_processor=[processor],
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=processor.pad_token_id,
+    )
+    width = enc["input_ids"].shape[1]
+    for row in range(len(prompts)):
+        want = ensemble.tokenizer.decode(expected[row, width:], skip_special_tokens=True)
+        assert processor.decode(out[row, inputs["input_ids"].shape[1] :])[: len(want)] == want

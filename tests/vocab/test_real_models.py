@@ -86,4 +86,8 @@ def test_a_prompt_cut_inside_a_word_is_completed(real, sub_vocab):
     out = reduced.generate(**enc, max_new_tokens=8, do_sample=False)
     texts = reduced.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert texts[0].startswith("ance")
-    assert texts[1].startswith("Paris")
+    # after a trailing space the text goes on with a word, not a second space; SmolLM2 names the capital,
+    # while the Gemma-3-270M base model (tail and exact alike) continues "the capital of the country of"
+    assert not texts[1].startswith(" ")
+    if tokenizer.name_or_path.rstrip("/").endswith("smollm2-135m-instruct"):
+        assert texts[1].startswith("Paris")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from functools import cached_property
 
 from hf_coop.vocab.token_bytes import TokenBytes
 
@@ -58,13 +59,15 @@ class PromptSplitter:
         self.table = table
         self.bos_token_id = bos_token_id
         self.mode = check_prompt_boundary(mode)
-        self._sorted: list[bytes] | None = None
 
-    @property
+    @cached_property
     def sorted_tokens(self) -> list[bytes]:
-        if self._sorted is None:
-            self._sorted = sorted({b for b in self.table.byte_strings if b})
-        return self._sorted
+        """Every token's bytes, sorted (a prefix test is one binary search)."""
+        return sorted({b for b in self.table.byte_strings if b})
+
+    @cached_property
+    def longest_token(self) -> int:
+        return max(map(len, self.sorted_tokens))
 
     def _prefix_of_a_token(self, data: bytes) -> bool:
         tokens = self.sorted_tokens
@@ -89,29 +92,28 @@ class PromptSplitter:
             if table[ids[i]] is None:  # a special token stays atomic, and so does all before it
                 start = i + 1
                 break
-        pieces = [table[i] or b"" for i in ids[start:]]
         cut = start
-        if self.mode == "tail" and pieces:
-            text = b"".join(pieces) + extra
-            offsets = [0]
-            for piece in pieces:
-                offsets.append(offsets[-1] + len(piece))
-            longest = max(len(t) for t in self.sorted_tokens)
+        if self.mode == "tail" and start < len(ids):
+            text = table.decode(ids[start:]) + extra
             covering = next(
                 (
                     p
-                    for p in range(max(0, len(text) - longest), len(text))
+                    for p in range(max(0, len(text) - self.longest_token), len(text))
                     if self._prefix_of_a_token(text[p:])
                 ),
                 len(text),
             )
-            cut = start + max(i for i, offset in enumerate(offsets[:-1]) if offset <= covering)
+            offset = 0  # the latest token start at or before `covering`
+            for i in range(start, len(ids)):
+                if offset > covering:
+                    break
+                cut, offset = i, offset + len(table[ids[i]])
         if cut == 0:
             if self.bos_token_id is not None:
-                return [self.bos_token_id], b"".join(table[i] or b"" for i in ids) + extra
+                return [self.bos_token_id], table.decode(ids) + extra
             if not ids:
                 raise PromptError(
                     "the prompt is empty and the tokenizer has no BOS token to condition on; give some text"
                 )
             cut = 1  # no token to predict the first byte from: the first token stays canonical
-        return ids[:cut], b"".join(table[i] or b"" for i in ids[cut:]) + extra
+        return ids[:cut], table.decode(ids[cut:]) + extra

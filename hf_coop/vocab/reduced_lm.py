@@ -182,12 +182,12 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         tail_bytes=None,
     ):
         if original_input_ids is None:
-            prompts = [
-                self.tokenizer.prompt_for(ids[mask.bool()].tolist())
-                for ids, mask in zip(
-                    input_ids, attention_mask if attention_mask is not None else input_ids.ne(-1)
-                )
-            ]
+            rows = (
+                input_ids
+                if attention_mask is None
+                else [i[m.bool()] for i, m in zip(input_ids, attention_mask)]
+            )
+            prompts = [self.tokenizer.prompt_for(row.tolist()) for row in rows]
             encoded = self.tokenizer.encode_prompts(prompts, return_tensors="pt")
             original_input_ids = encoded["original_input_ids"]
             original_attention_mask = encoded["original_attention_mask"]

@@ -114,28 +114,23 @@ def sub_sequence_logprobs(
         member.step(column, active, evaluate)
     cover = member.cover
     kept, truncated = cover.kept_logmass().double().tolist(), cover.truncated.double().tolist()
-    scores = [
+    # with a context, P(text | context) = P(context, text) / P(context): everything relative to the context
+    return [
         PrefixScore(
-            nats=k,
+            nats=k - base,
             n_bytes=b,
             n_tokens=len(r),
-            truncated_mass=math.exp(t),
+            truncated_mass=math.exp(t - base),
             upper_nats=float(
                 torch.logaddexp(torch.tensor(k, dtype=torch.float64), torch.tensor(t, dtype=torch.float64))
-            ),
+            )
+            - base,
             forward_calls=member.forward_calls,
             histories_evaluated=member.runner.histories,
             back_ups=member.back_ups,
         )
-        for k, t, b, r in zip(kept, truncated, n_bytes, rows)
+        for k, t, b, r, base in zip(kept, truncated, n_bytes, rows, context_mass)
     ]
-    for score, base in zip(scores, context_mass):  # P(text | context) = P(context, text) / P(context)
-        score.nats -= base
-        score.upper_nats -= base
-        score.truncated_mass = (
-            math.exp(math.log(score.truncated_mass) - base) if score.truncated_mass else 0.0
-        )
-    return scores
 
 
 def _settings(

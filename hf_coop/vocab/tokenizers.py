@@ -68,22 +68,26 @@ def _chat_ids(
 
 
 def _chat_prompt(
-    tokenizer: PreTrainedTokenizerBase, conversation, add_generation_prompt: bool, **kwargs
+    member: ReducedVocabTokenizer, conversation, add_generation_prompt: bool, **kwargs
 ) -> Prompt:
     """A rendered chat as a prompt: the template's tokens stay atomic; with `continue_final_message=True`
-    the final (partial) message's own text may become bytes."""
-    if not kwargs.get("continue_final_message"):
-        ids = _chat_ids(tokenizer, conversation, add_generation_prompt, **kwargs)
-        return ids, b"", len(ids)
-    rendered = tokenizer.apply_chat_template(
-        conversation, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
-    )
-    content = conversation[-1]["content"]
-    if not isinstance(content, str) or not content or not rendered.endswith(content):
-        ids = _chat_ids(tokenizer, conversation, add_generation_prompt, **kwargs)
-        return ids, b"", len(ids)
-    head = list(tokenizer(rendered[: -len(content)], add_special_tokens=False)["input_ids"])
-    return head + list(tokenizer(content, add_special_tokens=False)["input_ids"]), b"", len(head)
+    (and a prompt boundary other than "canonical") the final, partial message's own text may become bytes (its canonical tokens, or its bytes alone when
+    those tokens would spell something else, e.g. a SentencePiece dummy prefix space)."""
+    tokenizer, table = member.original, member.nested.table
+    partial = kwargs.get("continue_final_message") and member.prompt_boundary != "canonical"
+    content = conversation[-1].get("content") if partial else None
+    if isinstance(content, str) and content:
+        rendered = tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
+        )
+        if rendered.endswith(content):
+            head = list(tokenizer(rendered[: -len(content)], add_special_tokens=False)["input_ids"])
+            own = list(tokenizer(content, add_special_tokens=False)["input_ids"])
+            if table.decode(own) != content.encode("utf-8"):
+                return head, content.encode("utf-8"), len(head)
+            return head + own, b"", len(head)
+    ids = _chat_ids(tokenizer, conversation, add_generation_prompt, **kwargs)
+    return ids, b"", len(ids)
 
 
 class SubTokenizerBase:
@@ -201,8 +205,7 @@ class ReducedVocabTokenizer(SubTokenizerBase):
                 "the original tokenizer has no chat template; pass plain prompts or set tokenizer.chat_template"
             )
         prompts = [
-            _chat_prompt(self.original, c, add_generation_prompt, **kwargs)
-            for c in _conversations(conversation)
+            _chat_prompt(self, c, add_generation_prompt, **kwargs) for c in _conversations(conversation)
         ]
         return self.encode_prompts(prompts, return_tensors)
 
@@ -288,9 +291,9 @@ class CommonVocabTokenizer(SubTokenizerBase):
         mask = [[[0] * (width - len(x)) + [1] * len(x) for x, _ in row] for row in bounded]
         extra = {"member_input_ids": ids, "member_attention_mask": mask}
         if self.members[0].prompt_boundary != "canonical":
-            tails = [pad_tails([tail for _, tail in row]) for row in bounded]
-            tail_width = max(len(t[0]) for t in tails)
-            extra["member_tail_bytes"] = [[t + [-1] * (tail_width - len(t)) for t in row] for row in tails]
+            tails = pad_tails([tail for row in bounded for _, tail in row])
+            n = len(self.members)
+            extra["member_tail_bytes"] = [tails[r * n : (r + 1) * n] for r in range(len(bounded))]
         return self._encoding(keys, extra, return_tensors)
 
     def __call__(
@@ -326,7 +329,7 @@ class CommonVocabTokenizer(SubTokenizerBase):
                     "tokenizer's chat_template"
                 )
         rows = [
-            [_chat_prompt(m.original, c, add_generation_prompt, **kwargs) for m in self.members]
+            [_chat_prompt(m, c, add_generation_prompt, **kwargs) for m in self.members]
             for c in _conversations(conversation)
         ]
         return self._rows(rows, return_tensors)

@@ -176,24 +176,31 @@ def test_the_mode_is_saved_and_unknown_modes_are_refused(model64, tokenizer, tmp
         reduce(model64, tokenizer, "bytes", prompt_boundary="healing")
 
 
-def test_a_partial_assistant_turn_is_conditioned_on_as_bytes(byte_level_tokenizer):
-    model = tiny_causal_lm(byte_level_tokenizer, dtype=torch.float64)
-    reduced = reduce(model, byte_level_tokenizer, "max-bytes:2")
+def test_a_partial_assistant_turn_is_conditioned_on_as_bytes(tokenizer):
+    model = tiny_causal_lm(tokenizer, dtype=torch.float64)
+    reduced = reduce(model, tokenizer, "max-bytes:2")
     chat = [{"role": "user", "content": "Capital?"}, {"role": "assistant", "content": "The capital of Fr"}]
     enc = reduced.tokenizer.apply_chat_template(
         chat, add_generation_prompt=False, continue_final_message=True
     )
+    # exactly the message's bytes (no SentencePiece dummy prefix space), after the template's own tokens
     assert bytes(b for b in enc["tail_bytes"] if b >= 0) == b"The capital of Fr"
-    template = byte_level_tokenizer.apply_chat_template(chat, tokenize=False, continue_final_message=True)
-    head = byte_level_tokenizer(template[: -len("The capital of Fr")], add_special_tokens=False)["input_ids"]
-    assert enc["original_input_ids"] == head  # the template's tokens stay canonical
+    template = tokenizer.apply_chat_template(chat, tokenize=False, continue_final_message=True)
+    head = tokenizer(template[: -len("The capital of Fr")], add_special_tokens=False)["input_ids"]
+    assert enc["original_input_ids"] == head
     # without a partial turn the generation prompt stays canonical, with no tail
     enc = reduced.tokenizer.apply_chat_template(chat[:1])
     assert all(b < 0 for b in enc["tail_bytes"])
     assert enc["original_input_ids"] == list(
-        byte_level_tokenizer.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=True)[
-            "input_ids"
-        ]
+        tokenizer.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=True)["input_ids"]
+    )
+    # "canonical" keeps the template's own tokens, partial turn included
+    canonical = reduce(model, tokenizer, "max-bytes:2", prompt_boundary="canonical")
+    enc = canonical.tokenizer.apply_chat_template(
+        chat, add_generation_prompt=False, continue_final_message=True
+    )
+    assert enc["original_input_ids"] == list(
+        tokenizer.apply_chat_template(chat, tokenize=True, continue_final_message=True)["input_ids"]
     )
 
 

@@ -32,7 +32,7 @@ from hf_coop.vocab.prompt_boundary import check_prompt_boundary
 from hf_coop.vocab.reduced_lm import ReducedVocabLM, engine_settings, eos_sub_ids
 from hf_coop.vocab.sub_vocabulary import SubVocabulary
 from hf_coop.vocab.table_cache import tokenizer_fingerprint
-from hf_coop.vocab.tokenizers import CommonVocabTokenizer, PromptError, tails_from_tensor
+from hf_coop.vocab.tokenizers import CommonVocabTokenizer, PromptError
 
 MODES = ("mean", "product")
 NEG_INF = float("-inf")
@@ -276,7 +276,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
         member_input_ids=None,
         member_attention_mask=None,
         member_tail_bytes=None,
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[list[bytes] | None]]:
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor | None]]:
         """Each active member's (left-padded ids, lengths) and tail bytes, from the tokenizer's
         `member_input_ids` / `member_tail_bytes` or, for ensemble ids given alone, from each member's
         tokenization of their bytes."""
@@ -297,7 +297,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
             if bool((lengths < 1).any()):
                 raise PromptError(f"a prompt is empty for member {m}; give at least one token")
             prompts.append((ids, lengths))
-            tails.append(None if member_tail_bytes is None else tails_from_tensor(member_tail_bytes[:, m]))
+            tails.append(None if member_tail_bytes is None else member_tail_bytes[:, m])
         return prompts, tails
 
     def start_rows(

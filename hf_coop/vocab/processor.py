@@ -7,7 +7,7 @@ from transformers import BatchEncoding, LogitsProcessor
 
 from hf_coop.vocab.engine.cache import EngineCache
 from hf_coop.vocab.ensemble import CommonVocabEnsemble
-from hf_coop.vocab.tokenizers import PromptError
+from hf_coop.vocab.tokenizers import PromptError, pad_left
 
 NEG_INF = float("-inf")
 
@@ -77,9 +77,8 @@ class CommonVocabLogitsProcessor(LogitsProcessor):
                 row[keep.bool()].tolist() + self.token_of_sub[tail[tail >= 0]].tolist()
                 for row, keep, tail in zip(ids, mask, tails)
             ]
-            width = max(map(len, rows))
-            ids = torch.tensor([[self.pad_token_id] * (width - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            padded, padding_mask = pad_left(rows, self.pad_token_id if self.pad_token_id is not None else 0)
+            ids, mask = torch.tensor(padded), torch.tensor(padding_mask)
         self._encoded = encoded
         self._driver_prompt = ids
         return BatchEncoding({"input_ids": ids, "attention_mask": mask})

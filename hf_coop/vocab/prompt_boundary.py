@@ -61,16 +61,11 @@ class PromptSplitter:
         self.mode = check_prompt_boundary(mode)
 
     @cached_property
-    def sorted_tokens(self) -> list[bytes]:
-        """Every token's bytes, sorted (a prefix test is one binary search)."""
-        return sorted({b for b in self.table.byte_strings if b})
-
-    @cached_property
     def longest_token(self) -> int:
-        return max(map(len, self.sorted_tokens))
+        return max(map(len, self.table.sorted_strings))
 
     def _prefix_of_a_token(self, data: bytes) -> bool:
-        tokens = self.sorted_tokens
+        tokens = self.table.sorted_strings
         at = bisect.bisect_left(tokens, data)
         return at < len(tokens) and tokens[at].startswith(data)
 

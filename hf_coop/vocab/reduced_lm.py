@@ -29,7 +29,7 @@ from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.prompt_boundary import check_prompt_boundary
 from hf_coop.vocab.sub_vocabulary import NestedTable, SubVocabulary
-from hf_coop.vocab.tokenizers import PromptError, ReducedVocabTokenizer, tails_from_tensor
+from hf_coop.vocab.tokenizers import PromptError, ReducedVocabTokenizer
 
 
 class ReducedVocabConfig(PretrainedConfig):
@@ -195,8 +195,7 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         ids, lengths = left_padded(original_input_ids, original_attention_mask)
         if bool((lengths < 1).any()):
             raise PromptError("a prompt is empty; give at least one token (e.g. the BOS token)")
-        tails = None if tail_bytes is None else tails_from_tensor(tail_bytes)
-        cache.scheduler.start([(ids, lengths)], [tails])
+        cache.scheduler.start([(ids, lengths)], [tail_bytes])
 
     def step_rows(self, cache: EngineCache, column: torch.Tensor) -> None:
         cache.scheduler.step([column])

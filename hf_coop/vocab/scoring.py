@@ -25,6 +25,7 @@ from hf_coop.vocab.ensemble import CommonVocabEnsemble, check_mode, check_weight
 from hf_coop.vocab.prompt_boundary import PromptSplitter, check_prompt_boundary, split_utf8
 from hf_coop.vocab.sub_vocabulary import NestedTable, SubVocabulary
 from hf_coop.vocab.token_bytes import TokenBytes
+from hf_coop.vocab.tokenizers import pad_tails
 
 
 @dataclasses.dataclass
@@ -64,7 +65,7 @@ def _start_prompts(
     n_rows: int,
     context: str | bytes | None,
     prompt_boundary: str,
-) -> tuple[tuple[torch.Tensor, torch.Tensor], list[bytes] | None]:
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
     """Every row's prompt: the start token alone, or the start token and `context`, split at
     `prompt_boundary` (its canonical part prefilled, its tail bytes conditioned on over all their
     tokenizations)."""
@@ -77,7 +78,7 @@ def _start_prompts(
         canonical.insert(0, start_token_id(tokenizer))
     prefix, tail = PromptSplitter(table, tokenizer.bos_token_id, prompt_boundary).split(canonical, extra)
     ids = torch.tensor([prefix] * n_rows)
-    return (ids, torch.full((n_rows,), len(prefix))), [tail] * n_rows
+    return (ids, torch.full((n_rows,), len(prefix))), torch.tensor(pad_tails([tail] * n_rows))
 
 
 def sub_sequence_logprobs(

@@ -328,6 +328,11 @@ class NestedTable:
         return len(self.sub_strings) + len(self.control_token_ids)
 
     @cached_property
+    def sub_token_lengths(self) -> torch.Tensor:
+        """Byte length of every sub-token (0 for the control sub-tokens)."""
+        return torch.tensor([len(s) for s in self.sub_strings] + [0] * len(self.control_token_ids))
+
+    @cached_property
     def control_sub_id(self) -> dict[int, int]:
         """Original control token id -> its atomic sub-token id."""
         return {tok: len(self.sub_strings) + k for k, tok in enumerate(self.control_token_ids)}

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import re
 import weakref
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from transformers import PreTrainedTokenizerBase
 
@@ -59,6 +59,11 @@ class TokenBytes:
     def decode(self, token_ids) -> bytes:
         """Concatenate the bytes of `token_ids`, skipping control tokens."""
         return b"".join(self.byte_strings[i] or b"" for i in token_ids)
+
+    @cached_property
+    def sorted_strings(self) -> list[bytes]:
+        """Every token's bytes, sorted and deduplicated (a prefix test is one binary search)."""
+        return sorted({b for b in self.byte_strings if b})
 
 
 def spelled_bytes(tokenizer: PreTrainedTokenizerBase, text: str) -> bytes:

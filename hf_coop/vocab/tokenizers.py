@@ -35,7 +35,7 @@ def _check_call_options(kwargs: dict[str, Any]) -> None:
         raise PromptError(f"unsupported tokenizer arguments {sorted(kwargs)}")
 
 
-def _pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[list[list[int]], list[list[int]]]:
+def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[list[list[int]], list[list[int]]]:
     width = max(len(r) for r in rows)
     ids = [[pad] * (width - len(r)) + list(r) for r in rows]
     mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
@@ -46,12 +46,6 @@ def pad_tails(tails: Sequence[bytes], pad: int = -1) -> list[list[int]]:
     """Tail bytes right-padded with -1 to one width (at least 1)."""
     width = max(1, max((len(t) for t in tails), default=0))
     return [list(t) + [pad] * (width - len(t)) for t in tails]
-
-
-def tails_from_tensor(tail_bytes) -> list[bytes]:
-    """The inverse of `pad_tails` (a tensor or nested lists)."""
-    rows = tail_bytes.tolist() if isinstance(tail_bytes, torch.Tensor) else tail_bytes
-    return [bytes(b for b in row if b >= 0) for row in rows]
 
 
 def _conversations(conversation) -> list:
@@ -101,7 +95,7 @@ class SubTokenizerBase:
     ) -> BatchEncoding:
         if any(not r for r in rows):
             raise PromptError("the prompt has no token; give at least one character or a BOS token")
-        ids, mask = _pad_left(rows, self.pad_token_id if self.pad_token_id is not None else 0)
+        ids, mask = pad_left(rows, self.pad_token_id if self.pad_token_id is not None else 0)
         data = {"input_ids": ids, "attention_mask": mask, **extra}
         if return_tensors is None and len(rows) == 1:
             data = {k: v[0] for k, v in data.items()}
@@ -171,7 +165,7 @@ class ReducedVocabTokenizer(SubTokenizerBase):
         rows = [(list(ids), tail) for ids, tail in rows]
         if any(not ids for ids, _ in rows):
             raise PromptError("the prompt is empty; give at least one token (e.g. the BOS token)")
-        original, original_mask = _pad_left([ids for ids, _ in rows], self.original_pad_id)
+        original, original_mask = pad_left([ids for ids, _ in rows], self.original_pad_id)
         extra = {"original_input_ids": original, "original_attention_mask": original_mask}
         if self.prompt_boundary != "canonical":
             extra["tail_bytes"] = pad_tails([tail for _, tail in rows])

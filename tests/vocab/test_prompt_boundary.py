@@ -150,12 +150,24 @@ def test_canonical_keeps_the_tokens_and_tail_cuts_at_a_token_start(model64, toke
     enc = canonical.tokenizer("It is a tru")
     assert "tail_bytes" not in enc
     assert enc["original_input_ids"] == tokenizer("It is a tru")["input_ids"]
-    splitter = PromptSplitter(canonical.nested.table, tokenizer.bos_token_id, "tail")
-    ids = tokenizer("Mr. Bennet was so")["input_ids"]
-    prefix, tail = splitter.split(ids)
     table = canonical.nested.table
-    assert table.decode(prefix) + tail == table.decode(ids)
-    assert any(t.startswith(tail[-1:]) for t in splitter.sorted_tokens)
+    splitter = PromptSplitter(table, tokenizer.bos_token_id, "tail")
+    tokens = [t for t in table.byte_strings if t]
+
+    def covers_the_end(text: bytes, start: int) -> bool:  # a token could start at `start` and reach the end
+        return any(t.startswith(text[start:]) for t in tokens)
+
+    for prompt in ["Mr. Bennet was so", "It is a tru", "def add(a, b):\n", "x = 12345"]:
+        ids = tokenizer(prompt)["input_ids"]
+        prefix, tail = splitter.split(ids)
+        text, cut = table.decode(ids), len(table.decode(prefix))
+        assert table.decode(prefix) + tail == text and prefix == ids[: len(prefix)]
+        # no token that could cover the prompt's end starts before the cut ...
+        assert not any(covers_the_end(text, p) for p in range(cut))
+        # ... and the cut is the latest canonical token start with that property
+        if len(prefix) < len(ids):
+            next_start = cut + len(table[ids[len(prefix)]])
+            assert any(covers_the_end(text, p) for p in range(cut, next_start))
 
 
 def test_a_prompt_of_special_tokens_only_is_conditioned_on_them(model64, tokenizer):

@@ -78,6 +78,14 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.log(-torch.expm1(x))
 
 
+def as_index(index: torch.Tensor | slice) -> torch.Tensor | slice:
+    """A boolean mask as positions, so that indexing several columns with it finds them (and, on an
+    accelerator, waits for the device) once rather than once per column."""
+    if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
+        return index.nonzero().squeeze(1)
+    return index
+
+
 # -- candidate storage -------------------------------------------------------------------------------------
 class CandidateStore:
     """The kept next tokens of every evaluated boundary history, immutable once written (rows that copy a
@@ -141,10 +149,10 @@ class CandidateStore:
         live = torch.unique(live)
         remap = torch.full((max(self.used, 1),), -1, dtype=torch.long, device=live.device)
         remap[live] = torch.arange(len(live), device=live.device)
-        self.logp = self.logp[live].clone()
+        self.logp = self.logp[live]
         self.best_logp, self.best_pos = self.best_logp[live], self.best_pos[live]
         if self.pos is not None:
-            self.pos = self.pos[live].clone()
+            self.pos = self.pos[live]
         self.used = len(live)
         return remap
 
@@ -175,6 +183,7 @@ class Records:
         )
 
     def select(self, index: torch.Tensor) -> Records:
+        index = as_index(index)
         return Records({k: v[index] for k, v in self.columns.items()})
 
     def extend(self, other: Records) -> Records:
@@ -214,7 +223,7 @@ PRUNE_SLACK_PER_STEP = 0.35  # nats per sub-token ahead: how much lighter the ro
 @dataclasses.dataclass
 class Births:
     """Boundary histories `h + token` (parents `parent` are handles), not yet evaluated; `born_at` is the
-    step at which a history evaluated ahead will be born (-1: unknown)."""
+    step at which a history evaluated ahead will be born (-1: unknown, the default)."""
 
     row: torch.Tensor
     parent: torch.Tensor
@@ -222,29 +231,19 @@ class Births:
     logw: torch.Tensor
     born_at: torch.Tensor | None = None
 
-    def select(self, index: torch.Tensor) -> Births:
-        born_at = None if self.born_at is None else self.born_at[index]
-        return Births(self.row[index], self.parent[index], self.token[index], self.logw[index], born_at)
-
-    def cat(self, other: Births) -> Births:
-        """Both sets; a missing `born_at` reads as -1 (and stays missing when both lack it)."""
-        if self.born_at is None and other.born_at is None:
-            return Births(*(torch.cat([a, b]) for a, b in zip(self.fields(), other.fields())))
-
-        def born(b: Births) -> torch.Tensor:
-            return torch.full_like(b.row, -1) if b.born_at is None else b.born_at
-
-        fields = [
-            torch.cat([a, b])
-            for a, b in zip(
-                (self.row, self.parent, self.token, self.logw),
-                (other.row, other.parent, other.token, other.logw),
-            )
-        ]
-        return Births(*fields, torch.cat([born(self), born(other)]))
+    def __post_init__(self):
+        if self.born_at is None:
+            self.born_at = torch.full_like(self.row, -1)
 
     def fields(self) -> tuple[torch.Tensor, ...]:
-        return self.row, self.parent, self.token, self.logw
+        return self.row, self.parent, self.token, self.logw, self.born_at
+
+    def select(self, index: torch.Tensor) -> Births:
+        index = as_index(index)
+        return Births(*(field[index] for field in self.fields()))
+
+    def cat(self, *others: Births) -> Births:
+        return Births(*(torch.cat(columns) for columns in zip(*(b.fields() for b in (self, *others)))))
 
     def __len__(self) -> int:
         return len(self.row)
@@ -323,17 +322,16 @@ class CoverBatch:
         self._continuing.append((tails.row * self.trie.num_sub_tokens + self.tail_next(tails), tails.logw))
         self._next = None
 
-    def _narrow_tails(self, sub: torch.Tensor, active: torch.Tensor) -> tuple[Births, torch.Tensor]:
+    def _narrow_tails(self, sub: torch.Tensor, active: torch.Tensor):
         """Advance the active rows' tails by `sub`: those that spell it go on, or are born when their token
-        is complete. Returns (births, whether each tail goes on)."""
+        is complete. Returns (the tails advanced, which are the active rows', their births, which go on)."""
         tails = self.tails
         mine = active[tails.row]
         spelled = mine & (self.tail_next() == sub[tails.row])
         tails = tails.replace(done=tails.done + spelled.long())
         born = spelled & (tails.done == tails.length)
         births = Births(tails.row[born], tails.handle[born], tails.token[born], tails.logw[born])
-        self.tails = tails
-        return births, torch.where(mine, spelled & ~born, True)
+        return tails, mine, births, torch.where(mine, spelled & ~born, True)
 
     # -- the distribution --------------------------------------------------------------------------------
     def next_logprobs(self) -> torch.Tensor:
@@ -393,8 +391,12 @@ class CoverBatch:
         pos, logp = cands.at(hyps.cand[owner], index)
         births = Births(hyps.row[owner], hyps.handle[owner], trie.order[pos], hyps.logw[owner] + logp)
         births = births.select(torch.isfinite(births.logw))
-        tail_births, tail_going = self._narrow_tails(sub, active)
-        births = births.cat(tail_births)
+        tails = self.tails
+        if len(tails):  # only in the first steps after a prompt conditioned on as bytes
+            tails, tail_mine, tail_births, tail_going = self._narrow_tails(sub, active)
+            births = births.cat(tail_births)
+        else:
+            tail_mine = tail_going = torch.zeros(0, dtype=torch.bool, device=self.device)
         # the tokens that go on past it: their masses and their share of the next distribution
         owner, index = expand_ranges(c_lo, c_hi, n_entries)
         pos, logp = cands.at(hyps.cand[owner], index)
@@ -405,7 +407,6 @@ class CoverBatch:
         key = trie.sub_at(pos, trie.node_depth[node[owner]])
         bucket = hyps.row[owner] * trie.num_sub_tokens + key
         # rows whose sub-token is spelled by nothing kept
-        tails, tail_mine = self.tails, active[self.tails.row]
         alive = torch.zeros(self.n_rows, dtype=torch.long, device=self.device)
         for alive_rows in (hyps.row[going], births.row, tails.row[tail_mine & tail_going]):
             alive.index_add_(0, alive_rows, torch.ones_like(alive_rows))
@@ -435,14 +436,19 @@ class CoverBatch:
             births = births.select(keep_birth)
         entry_kept = survivors[owner]
         size = trie.num_sub_tokens
-        self._continuing = [(b[~active[b // size]], v[~active[b // size]]) for b, v in self._continuing]
+        # the next distribution's ingredients: rows not stepped keep theirs, stepped rows get the new ones
+        self._continuing = [
+            (b[keep], v[keep]) for b, v in self._continuing for keep in [as_index(~active[b // size])]
+        ]
         self._continuing = [pair for pair in self._continuing if len(pair[0])]
         self._continuing.append((bucket[entry_kept], value[entry_kept]))
-        self.tails = tails.select(tail_going)
-        on = tail_mine[tail_going]
-        going_tails = self.tails.select(on)
-        self._continuing.append((going_tails.row * size + self.tail_next(going_tails), going_tails.logw))
-        self._roots = [(r[~active[r]], w[~active[r]], c[~active[r]]) for r, w, c in self._roots]
+        if len(tails):
+            self.tails = tails.select(tail_going)
+            going_tails = self.tails.select(tail_mine[tail_going])
+            self._continuing.append((going_tails.row * size + self.tail_next(going_tails), going_tails.logw))
+        self._roots = [
+            (r[keep], w[keep], c[keep]) for r, w, c in self._roots for keep in [as_index(~active[r])]
+        ]
         self._roots = [root for root in self._roots if len(root[0])]
         self.hyps = hyps.select(survivors)
         self._next = None
@@ -470,7 +476,7 @@ class CoverBatch:
         if settings.prune_ratio > 0:
             best = torch.full((self.n_rows,), NEG_INF, dtype=mass.dtype, device=self.device)
             best.scatter_reduce_(0, rows, mass, "amax")
-            keep &= mass >= best[rows] + torch.log(torch.tensor(settings.prune_ratio, dtype=mass.dtype))
+            keep &= mass >= best[rows] + math.log(settings.prune_ratio)
         return list(torch.split(keep, [len(r) for r, _ in groups]))
 
     def _hold_back(self, dropped: Births) -> None:
@@ -521,15 +527,22 @@ class CoverBatch:
         return Births(taken.row, taken.parent, taken.token, taken.logw), step
 
     # -- prefetched histories ----------------------------------------------------------------------------
-    def lookup_prefetched(self, births: Births) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup_prefetched(self, births: Births) -> torch.Tensor:
         """For each birth, the index of the prefetched history it is (or -1), matched on (parent, token)."""
-        pf = self.prefetched
-        if not len(pf) or not len(births):
-            return torch.full_like(births.row, -1), pf.row.new_zeros(0)
-        same = (births.parent[:, None] == pf.parent[None, :]) & (births.token[:, None] == pf.token[None, :])
-        hit = same.any(1)
-        index = torch.where(hit, same.float().argmax(1), -1)
-        return index, hit
+        return self._find_histories(births, self.prefetched)
+
+    def _find_histories(self, births: Births, records: Records) -> torch.Tensor:
+        """For each birth, the index of the first record with the same (parent, token), or -1: one sort and
+        one binary search on the key parent x tokens + token."""
+        if not len(records) or not len(births):
+            return torch.full_like(births.row, -1)
+        n = self.trie.num_tokens
+        keys = records.parent * n + records.token
+        order = torch.argsort(keys, stable=True)
+        sorted_keys = keys[order]
+        query = births.parent * n + births.token
+        at = torch.searchsorted(sorted_keys, query).clamp_(max=len(keys) - 1)
+        return torch.where(sorted_keys[at] == query, order[at], -1)
 
     def consume_prefetched(self, index: torch.Tensor) -> None:
         used = torch.zeros(len(self.prefetched), dtype=torch.bool, device=self.device)
@@ -541,7 +554,7 @@ class CoverBatch:
         none does). At the root that is the history's best token (kept when it was stored); deeper, the
         node's range is searched."""
         cands, trie = self.cands, self.trie
-        best, pos = cands.best_logp[cand].clone(), cands.best_pos[cand].clone()
+        best, pos = cands.best_logp[cand], cands.best_pos[cand]
         deep = torch.nonzero(node > 0, as_tuple=True)[0]
         if len(deep):
             lo, hi = cands.range_of(cand[deep], trie.node_lo[node[deep]], trie.node_hi[node[deep]])
@@ -583,8 +596,7 @@ class CoverBatch:
                 slack = math.log(self.settings.prune_ratio) - ahead * PRUNE_SLACK_PER_STEP
                 found = found.select(found.logw >= floor[found.row] + slack)
             score = (found.logw - floor[found.row]).clamp(-1e3, 0) - 1e4 * found.born_at
-        known = (found.parent[:, None] == pf.parent[None, :]) & (found.token[:, None] == pf.token[None, :])
-        wanted = torch.isfinite(found.logw) & ~known.any(1)
+        wanted = torch.isfinite(found.logw) & (self._find_histories(found, pf) < 0)
         wanted &= rank_within(found.row, torch.where(wanted, score, NEG_INF)) < spare[found.row]
         return found.select(wanted)
 
@@ -616,10 +628,7 @@ class CoverBatch:
             )
             if not len(rows):
                 break
-        out = found[0]
-        for more in found[1:]:
-            out = out.cat(more)
-        return out
+        return found[0].cat(*found[1:])
 
     def add_prefetched(self, births: Births, handles, cand, kept) -> None:
         pf = self.prefetched
@@ -629,15 +638,16 @@ class CoverBatch:
             if len(pf)
             else births.row * 0 + 1
         )
-        born_at = torch.full_like(births.row, -1) if births.born_at is None else births.born_at
         fields = {"row": births.row, "parent": births.parent, "token": births.token, "handle": handles}
-        fields.update(cand=cand, logw=births.logw, kept=kept, depth=depth, born_at=born_at)
+        fields.update(cand=cand, logw=births.logw, kept=kept, depth=depth, born_at=births.born_at)
         self.prefetched = pf.extend(Records(fields))
 
     def forget_prefetched(self) -> None:
         """Drop prefetched histories that can never be born: those whose parent is neither a live hypothesis
         nor a kept prefetched history (call after the step's births were looked up)."""
         pf = self.prefetched
+        if not len(pf):
+            return
         pf = pf.select((pf.born_at < 0) | (pf.born_at > self.steps[pf.row]))  # a known birth step has passed
         while True:
             kept = torch.isin(pf.parent, torch.cat([self.hyps.handle, pf.handle]))

@@ -34,15 +34,6 @@ def walk_settings(settings: EngineSettings) -> EngineSettings:
     return dataclasses.replace(settings, tokens_per_boundary=None)
 
 
-def padded_tails(tails: list[bytes], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tail bytes as byte sub-token ids [rows, width] (0-padded) and their lengths [rows]."""
-    width = max(1, max(map(len, tails)))
-    ids = torch.zeros((len(tails), width), dtype=torch.long)
-    for row, data in enumerate(tails):
-        ids[row, : len(data)] = torch.tensor(list(data), dtype=torch.long)
-    return ids.to(device), torch.tensor([len(t) for t in tails], device=device)
-
-
 def adopt_prompt(walk: CoverBatch, trie: SplitTrie, settings: EngineSettings, sub_lengths: torch.Tensor):
     """The state of `walk` (a byte-level cover at the end of every row's prompt) over `trie`'s sub-tokens
     (see the module docstring). `sub_lengths[s]` is the byte length of sub-token s (0 for control ones)."""

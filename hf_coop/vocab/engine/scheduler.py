@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from hf_coop.vocab.engine.cover import Births, CoverBatch, rank_within
 from hf_coop.vocab.engine.kv import handle_in_row
-from hf_coop.vocab.engine.prompt import adopt_prompt, padded_tails, walk_settings
+from hf_coop.vocab.engine.prompt import adopt_prompt, walk_settings
 from hf_coop.vocab.engine.runner import TransformersRunner
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.sub_vocabulary import NestedTable
@@ -46,6 +46,7 @@ class EngineMember:
         self.trie = nested.trie(self.runner.device)
         self.eos = torch.zeros(nested.num_sub_tokens, dtype=torch.bool, device=self.runner.device)
         self.eos[list(eos_sub_ids)] = True
+        self.ends_rows = bool(eos_sub_ids)  # a member without end-of-sequence sub-tokens never ends a row
         self.cover: CoverBatch | None = None
         self.back_ups = 0  # times a row's text left every kept hypothesis and held-back ones were evaluated
         self._compacted_length = 0
@@ -55,15 +56,16 @@ class EngineMember:
         return self.runner.forward_calls
 
     def start(
-        self, prompt_ids: torch.Tensor, lengths: torch.Tensor, tails: Sequence[bytes] | None = None
+        self, prompt_ids: torch.Tensor, lengths: torch.Tensor, tail_bytes: torch.Tensor | None = None
     ) -> None:
         """Prefill each row's canonical tokens (left-padded `prompt_ids`, `lengths`), then condition it on its
-        tail bytes, if any, over every tokenization of them (see `engine/prompt.py`)."""
+        tail bytes (`[rows, width]`, right-padded with -1), if any, over every tokenization of them (see
+        `engine/prompt.py`)."""
         if bool((lengths < 1).any()):
             raise ValueError("a prompt is empty; give at least one token (e.g. the BOS token)")
         handles, logprobs = self.runner.start(prompt_ids, lengths)
-        if tails is not None and any(tails):
-            self.cover = self._walk_tails(handles, logprobs, list(tails))
+        if tail_bytes is not None and bool((tail_bytes >= 0).any()):
+            self.cover = self._walk_tails(handles, logprobs, tail_bytes.to(self.runner.device))
         else:
             self.cover = self._open(self.trie, self.settings, handles, logprobs)
         self._compacted_length = self.runner.store.length
@@ -77,23 +79,21 @@ class EngineMember:
         cover.attach(torch.arange(len(handles), device=cover.device), zeros, handles, cand, kept)
         return cover
 
-    def _walk_tails(self, handles: torch.Tensor, logprobs: torch.Tensor, tails: list[bytes]) -> CoverBatch:
+    def _walk_tails(
+        self, handles: torch.Tensor, logprobs: torch.Tensor, tail_bytes: torch.Tensor
+    ) -> CoverBatch:
         byte_level = self.nested.byte_level
         walker = EngineMember(self.model, byte_level, walk_settings(self.settings), runner=self.runner)
         walker.cover = self._open(walker.trie, walker.settings, handles, logprobs)
         walker._compacted_length = self.runner.store.length
-        ids, lengths = padded_tails(tails, walker.cover.device)
+        lengths = (tail_bytes >= 0).sum(1)
+        ids = tail_bytes.clamp(min=0)  # a byte's sub-token id in the byte-level table is its value
         walker.cover.set_future(ids, lengths)
-        for step in range(ids.shape[1]):
+        for step in range(int(lengths.max())):
             walker.step(ids[:, step], lengths > step, None)
         self.back_ups += walker.back_ups
-        return adopt_prompt(walker.cover, self.trie, self.settings, self.sub_lengths)
-
-    @property
-    def sub_lengths(self) -> torch.Tensor:
-        """Byte length of every sub-token (0 for control sub-tokens)."""
-        lengths = [len(s) for s in self.nested.sub_strings] + [0] * len(self.nested.control_token_ids)
-        return torch.tensor(lengths, dtype=torch.long, device=self.runner.device)
+        sub_lengths = self.nested.sub_token_lengths.to(self.runner.device)
+        return adopt_prompt(walker.cover, self.trie, self.settings, sub_lengths)
 
     def step(self, sub: torch.Tensor, active: torch.Tensor, evaluate: torch.Tensor | None) -> None:
         """Condition the `active` rows on `sub`; rows whose `evaluate` is False count their new boundary
@@ -101,9 +101,11 @@ class EngineMember:
         cover = self.cover
         sub = sub.to(cover.device)
         active = active.to(cover.device) & ~cover.finished
-        ended = active & self.eos[sub]
-        cover.finish_rows(ended)
-        active &= ~ended
+        if self.ends_rows:
+            ended = active & self.eos[sub]
+            if bool(ended.any()):
+                cover.finish_rows(ended)
+                active &= ~ended
         births, failed = cover.narrow(sub, active)
         births = self._set_aside(births, evaluate)
         self._evaluate(births, prefetch=self.settings.prefetch)
@@ -125,7 +127,7 @@ class EngineMember:
         cover = self.cover
         if not len(births):
             return
-        index, _ = cover.lookup_prefetched(births)
+        index = cover.lookup_prefetched(births)
         hit = index >= 0
         ready = cover.prefetched.select(index[hit])
         cover.attach(ready.row, ready.logw, ready.handle, ready.cand, ready.kept)
@@ -135,20 +137,27 @@ class EngineMember:
             return
         queries = todo
         counts = torch.bincount(todo.row, minlength=cover.n_rows)
-        plan = self.runner.plan(counts.tolist())
+        counted = counts.tolist()
         if prefetch and cover.future is None:  # generating: fill the padding of the grids, which is free
-            width = torch.zeros_like(counts)
+            plan = self.runner.plan(counted)
+            spare = [0] * cover.n_rows  # padding of each row's grid, read on the host from the plan
             for r0, r1, group_width in plan:
-                width[r0:r1] = group_width
-            queries = todo.cat(cover.prefetch_candidates((width - counts).clamp(max=PREFETCH_PER_ROW)))
+                for row in range(r0, r1):
+                    spare[row] = min(group_width - counted[row], PREFETCH_PER_ROW)
+            if any(spare):
+                queries = todo.cat(cover.prefetch_candidates(torch.tensor(spare, device=counts.device)))
         elif prefetch:  # a known text: widen the forward to what most rows can fill with births to come
             ahead = cover.prefetch_candidates(torch.full_like(counts, self.settings.max_batch))
             available = counts + torch.bincount(ahead.row, minlength=cover.n_rows)
-            width = max(int(counts.max()), int(available.float().median()))
-            width = min(width, max(int(counts.max()), self.settings.max_batch // cover.n_rows))
+            most = max(counted)
+            width = min(
+                max(most, int(available.float().median())), max(most, self.settings.max_batch // cover.n_rows)
+            )
             soonest = rank_within(ahead.row, -ahead.born_at.to(torch.float32))
             queries = todo.cat(ahead.select(soonest < (width - counts)[ahead.row]))
             plan = self.runner.plan(torch.bincount(queries.row, minlength=cover.n_rows).tolist())
+        else:
+            plan = self.runner.plan(counted)
         handles, logprobs = self.runner.extend(queries.parent, queries.token, plan)
         cand, kept = cover.store_candidates(logprobs)
         n = len(todo)
@@ -222,13 +231,14 @@ class Scheduler:
     def start(
         self,
         prompts: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        tails: Sequence[Sequence[bytes] | None] | None = None,
+        tail_bytes: Sequence[torch.Tensor | None] | None = None,
     ) -> None:
         """One (left-padded ids [B, L], lengths [B]) pair per member: each member's own canonical tokens;
-        `tails[m]`: member m's tail bytes per row, conditioned on over all their tokenizations."""
-        tails = tails or [None] * len(self.members)
-        for member, (ids, lengths), member_tails in zip(self.members, prompts, tails):
-            member.start(ids, lengths, member_tails)
+        `tail_bytes[m]`: member m's tail bytes ([B, width], -1-padded), conditioned on over all their
+        tokenizations."""
+        tail_bytes = tail_bytes or [None] * len(self.members)
+        for member, (ids, lengths), tails in zip(self.members, prompts, tail_bytes):
+            member.start(ids, lengths, tails)
 
     def step(
         self,

@@ -59,6 +59,10 @@ def _columns(rows: Sequence[Sequence[int]]):
         yield step, padded[:, step], lengths > step, lengths > step + 1
 
 
+def _logaddexp(a: float, b: float) -> float:
+    return float(torch.logaddexp(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)))
+
+
 def _start_prompts(
     tokenizer: PreTrainedTokenizerBase,
     table: TokenBytes,
@@ -102,7 +106,9 @@ def sub_sequence_logprobs(
     member = EngineMember(model, nested, settings)
     prompt, tails = _start_prompts(tokenizer, nested.table, len(rows), context, prompt_boundary)
     member.start(*prompt, tails)
-    context_mass = member.cover.kept_logmass().double().tolist()  # 0 after the start token alone
+    # the context's kept and dropped mass (both exact zeros: log 1 and log 0 after the start token alone)
+    context_mass = member.cover.kept_logmass().double().tolist()
+    context_dropped = member.cover.truncated.double().tolist()
     member.cover.set_future(*_padded(rows))
     steps = tqdm(
         _columns(rows),
@@ -115,22 +121,20 @@ def sub_sequence_logprobs(
         member.step(column, active, evaluate)
     cover = member.cover
     kept, truncated = cover.kept_logmass().double().tolist(), cover.truncated.double().tolist()
-    # with a context, P(text | context) = P(context, text) / P(context): everything relative to the context
+    # with a context, P(text | context) = P(context, text) / P(context), where P(context) lies in
+    # [base, base + dropped]: the lower bound divides by the largest context mass, the upper by the smallest
     return [
         PrefixScore(
-            nats=k - base,
+            nats=k - _logaddexp(base, dropped),
             n_bytes=b,
             n_tokens=len(r),
             truncated_mass=math.exp(t - base),
-            upper_nats=float(
-                torch.logaddexp(torch.tensor(k, dtype=torch.float64), torch.tensor(t, dtype=torch.float64))
-            )
-            - base,
+            upper_nats=_logaddexp(k, t) - base,
             forward_calls=member.forward_calls,
             histories_evaluated=member.runner.histories,
             back_ups=member.back_ups,
         )
-        for k, t, b, r, base in zip(kept, truncated, n_bytes, rows, context_mass)
+        for k, t, b, r, base, dropped in zip(kept, truncated, n_bytes, rows, context_mass, context_dropped)
     ]
 
 

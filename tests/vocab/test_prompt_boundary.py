@@ -247,6 +247,12 @@ def test_context_scores_are_ratios_of_byte_marginals(model64, tokenizer):
     given = prefix_logprob(model64, tokenizer, [text, text], context=context, prompt_boundary="exact")
     assert given[0].nats == pytest.approx(joint - alone, abs=1e-9)
     assert given[1].nats == pytest.approx(given[0].nats, abs=1e-12)
+    # pruned (context and text alike), the exact conditional stays bracketed
+    pruned = prefix_logprob(
+        model64, tokenizer, text, context=context, prompt_boundary="exact", max_hypotheses=2
+    )
+    assert pruned.truncated_mass > 0
+    assert pruned.nats <= joint - alone + 1e-12 <= pruned.upper_nats + 2e-12
 
 
 @pytest.fixture(scope="module")

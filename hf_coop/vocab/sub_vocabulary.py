@@ -337,29 +337,6 @@ class NestedTable:
         """Original control token id -> its atomic sub-token id."""
         return {tok: len(self.sub_strings) + k for k, tok in enumerate(self.control_token_ids)}
 
-    @cached_property
-    def all_positions(self) -> torch.Tensor:
-        """Every trie position, shared by all histories that keep their whole next-token distribution."""
-        return torch.arange(len(self.order))
-
-    @cached_property
-    def keys_by_depth(self) -> torch.Tensor:
-        """`[depth, position]` -> sub-token at that depth (or -1) for the first few depths, where the
-        ranges are widest; deeper lookups go through the flat splits."""
-        depths = min(int(self.tau_len.max()), 6)
-        return torch.stack([self._keys_from_flat(self.all_positions, d) for d in range(depths)])
-
-    def keys_at(self, positions: torch.Tensor, depth: int) -> torch.Tensor:
-        """Sub-token at `depth` of the tokens at trie `positions`; -1 where the split is shorter."""
-        if depth < len(self.keys_by_depth):
-            return self.keys_by_depth[depth][positions]
-        return self._keys_from_flat(positions, depth)
-
-    def _keys_from_flat(self, positions: torch.Tensor, depth: int) -> torch.Tensor:
-        has = self.tau_len[positions] > depth
-        idx = torch.where(has, self.tau_offset[positions] + depth, 0)
-        return torch.where(has, self.tau_flat[idx], -1)
-
     def split(self, token_id: int) -> list[int]:
         """`τ_sub(token)` as sub-token ids."""
         p = int(self.position[token_id])

@@ -80,10 +80,12 @@ def generate(model, prompts, **kwargs):
     return model.generate(**enc, output_logits=True, return_dict_in_generate=True, **kwargs)
 
 
+@pytest.mark.parametrize("prompt_boundary", ["tail", "canonical"])
 @pytest.mark.parametrize("name", sorted(SETTINGS))
-def test_reduced_batch_rows_equal_alone(model64, tokenizer, name):
-    """Duplicates, a prompt that is another row's prompt plus text, mixed lengths (left padding)."""
-    model = reduced(model64, tokenizer, **SETTINGS[name])
+def test_reduced_batch_rows_equal_alone(model64, tokenizer, name, prompt_boundary):
+    """Duplicates, a prompt that is another row's prompt plus text, mixed lengths (left padding); prompts
+    read as tail bytes (each row walks its own) or as canonical tokens."""
+    model = reduced(model64, tokenizer, prompt_boundary=prompt_boundary, **SETTINGS[name])
     first = generate(model, PROMPTS[:1])
     extended = PROMPTS[0] + model.tokenizer.decode(first.sequences[0, -8:-4])
     prompts = [*PROMPTS, extended]

@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
+from .errors import (  # noqa: E402
+    ArtifactError,
+    ConfigError,
+    CoopError,
+    InputError,
+    NonFiniteLogitsError,
+)
 from .models import load_model, load_tokenizer  # noqa: E402
 from .prt import (  # noqa: E402
     EFTLogitsProcessor,

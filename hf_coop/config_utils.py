@@ -15,13 +15,11 @@ from importlib import resources
 from string import Template
 from typing import Any, ClassVar, TypeVar
 
+from hf_coop.errors import ArtifactError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T", bound="CoopConfig")
-
-
-class ArtifactError(ValueError):
-    """A saved artefact is missing, corrupt, of an unknown format, or belongs to another model."""
 
 
 @dataclasses.dataclass

@@ -17,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from hf_coop.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class DemoModel:
@@ -76,7 +78,7 @@ def resolve_model_path(name_or_path: str) -> str:
     unchanged for `from_pretrained` (a local folder or a hub id)."""
     if name_or_path not in DEMO_MODELS:
         if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
-            raise ValueError(
+            raise ConfigError(
                 f"{name_or_path} is a folder but holds no config.json, so it is not a Hugging Face model; "
                 f"pass a model folder, a hub id, or one of {sorted(DEMO_MODELS)}"
             )

@@ -13,6 +13,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hf_coop.errors import ConfigError, InputError, log_normalizer
+
 
 @dataclasses.dataclass
 class TextScore:
@@ -34,13 +36,15 @@ def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The token a text is conditioned on: BOS, else EOS (GPT-2's document separator)."""
     token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if token_id is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to condition the text on; set one")
+        raise ConfigError(
+            "the tokenizer has neither a BOS nor an EOS token to condition the text on; set one"
+        )
     return token_id
 
 
 def check_text(text: str) -> bytes:
     if not text:
-        raise ValueError("the text is empty; there is nothing to score")
+        raise InputError("the text is empty; there is nothing to score")
     return text.encode("utf-8")
 
 
@@ -48,9 +52,7 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int
     """log p(target) per position, over the tokenizer's ids only, without materialising the log-softmax."""
     logits = logits[..., :vocab_size]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    normalizer = torch.logsumexp(logits, dim=-1)
-    if torch.isnan(normalizer).any():
-        raise ValueError("the model produced NaN logits; check its dtype (fp16 overflow?) and weights")
+    normalizer = log_normalizer(logits, "the model")[..., 0]
     return logits.gather(-1, targets[..., None])[..., 0] - normalizer
 
 
@@ -72,7 +74,7 @@ def canonical_logprob(
     ids = [start_token_id(tokenizer)] + tokenizer(text, add_special_tokens=False)["input_ids"]
     stride = stride or window // 2
     if not 0 < stride < window:
-        raise ValueError(f"stride must be in (0, window); got stride={stride}, window={window}")
+        raise ConfigError(f"stride must be in (0, window); got stride={stride}, window={window}")
     device = model.device
     total = 0.0
     scored = 1  # ids[:scored] are context already scored (the start token itself is never scored)

@@ -22,6 +22,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from hf_coop.errors import ConfigError
+
 TINY_CORPUS_EXTRA = [
     "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ( ) [ ] { }",
     "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n",
@@ -85,10 +87,11 @@ def tiny_byte_level_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
 
 
 @cache
-def _sentencepiece_bpe(vocab_size: int) -> str:
-    """Train a Metaspace BPE on a restricted alphabet, then rebuild it with `<0xNN>` byte fallback."""
+def _sentencepiece_bpe(vocab_size: int, byte_fallback: bool) -> str:
+    """Train a Metaspace BPE on a restricted alphabet, then rebuild it with `<0xNN>` byte fallback (or, without
+    it, with `<unk>` for every character outside the alphabet)."""
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)] if byte_fallback else []
     trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
     trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.BpeTrainer(
@@ -104,7 +107,7 @@ def _sentencepiece_bpe(vocab_size: int) -> str:
     for piece, _ in sorted(trained.items(), key=lambda kv: kv[1]):
         if piece not in vocab:
             vocab[piece] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=byte_fallback))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
@@ -112,10 +115,13 @@ def _sentencepiece_bpe(vocab_size: int) -> str:
     return tok.to_str()
 
 
-def tiny_sentencepiece_tokenizer(vocab_size: int = 480) -> PreTrainedTokenizerFast:
-    """Llama-2 style BPE: `▁` marks spaces, a prefix space is added, unknown characters use `<0xNN>`."""
+def tiny_sentencepiece_tokenizer(
+    vocab_size: int = 480, byte_fallback: bool = True
+) -> PreTrainedTokenizerFast:
+    """Llama-2 style BPE: `▁` marks spaces, a prefix space is added, unknown characters use `<0xNN>` (or
+    `<unk>` with `byte_fallback=False`, as older SentencePiece models do)."""
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_sentencepiece_bpe(vocab_size)),
+        tokenizer_object=Tokenizer.from_str(_sentencepiece_bpe(vocab_size, byte_fallback)),
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
@@ -193,7 +199,7 @@ def tiny_causal_lm(
         )
         model_cls = Gemma3ForCausalLM
     else:
-        raise ValueError(f"arch must be 'llama', 'gpt2' or 'gemma3', got {arch!r}")
+        raise ConfigError(f"arch must be 'llama', 'gpt2' or 'gemma3', got {arch!r}")
     torch.manual_seed(seed)
     model = model_cls(config).to(dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -7,13 +7,14 @@ import json
 import sys
 
 from hf_coop.commands.score import read_text_argument
+from hf_coop.errors import ConfigError
 from hf_coop.models import load_tokenizer
 from hf_coop.vocab.mcv import SPLITS, maximal_common_vocabulary
 
 
 def _run_mcv(args: argparse.Namespace) -> int:
     if len(args.tokenizers) < 2:
-        raise ValueError("give at least two tokenizers (demo model names, folders or hub ids)")
+        raise ConfigError("give at least two tokenizers (demo model names, folders or hub ids)")
     text = read_text_argument(None, args.text) if args.text else None
     tokenizers = [load_tokenizer(name) for name in args.tokenizers]
     _, report = maximal_common_vocabulary(*tokenizers, split=args.split, text=text, names=args.tokenizers)

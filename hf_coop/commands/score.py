@@ -8,6 +8,7 @@ import json
 import sys
 
 from hf_coop.commands.ensemble import add_prompt_boundary_argument
+from hf_coop.errors import InputError
 from hf_coop.scoring import TextScore, canonical_logprob, check_text
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -16,7 +17,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 def read_text_argument(text: str | None, file: str | None) -> str:
     """Text from the argument, from a file, or from stdin ('-' or no argument with piped input)."""
     if text is not None and file is not None:
-        raise ValueError("give the text either as an argument or with --file, not both")
+        raise InputError("give the text either as an argument or with --file, not both")
     if file is not None:
         try:
             with open(file, "rb") as f:
@@ -26,12 +27,12 @@ def read_text_argument(text: str | None, file: str | None) -> str:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(
+            raise InputError(
                 f"{file} is not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 4]!r})"
             ) from e
     if text is None or text == "-":
         if sys.stdin is None or sys.stdin.isatty():
-            raise ValueError("no text given: pass it as an argument, with --file, or on stdin")
+            raise InputError("no text given: pass it as an argument, with --file, or on stdin")
         return sys.stdin.read()
     return text
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from hf_coop.errors import InputError
+
 TEXT_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
 
@@ -53,7 +55,7 @@ def load_text_dataset(data: str, split: str):
     if os.path.isfile(data):
         builder = TEXT_FILE_BUILDERS.get(os.path.splitext(data)[1].lower())
         if builder is None:
-            raise ValueError(f"{data}: unknown file type; use one of {sorted(TEXT_FILE_BUILDERS)}")
+            raise InputError(f"{data}: unknown file type; use one of {sorted(TEXT_FILE_BUILDERS)}")
         return load_dataset(builder, data_files={split: data}, split=split)
     return load_dataset(data, split=split)
 
@@ -70,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = load_text_dataset(args.data, args.split)
     if args.text_column not in dataset.column_names:
-        raise ValueError(f"{args.data} has no column {args.text_column!r} (columns: {dataset.column_names})")
+        raise InputError(f"{args.data} has no column {args.text_column!r} (columns: {dataset.column_names})")
     dataset = dataset.map(
         lambda batch: tokenizer(batch[args.text_column], truncation=True, max_length=args.max_length),
         batched=True,

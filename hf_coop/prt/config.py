@@ -7,6 +7,8 @@ from typing import Any, ClassVar, Literal
 
 from transformers import TrainingArguments
 
+from hf_coop.errors import ConfigError
+
 from ..config_utils import CoopConfig
 
 TaskType = Literal["causal_lm", "classification"]
@@ -48,11 +50,11 @@ class PRTConfig(CoopConfig):
 
     def __post_init__(self) -> None:
         if self.task_type not in TASK_TYPES:
-            raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
+            raise ConfigError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         if not self.temperature > 0:
-            raise ValueError(f"temperature (λ) must be > 0, got {self.temperature}")
+            raise ConfigError(f"temperature (λ) must be > 0, got {self.temperature}")
         if self.entropy_weight < 0:
-            raise ValueError(f"entropy_weight (α) must be >= 0, got {self.entropy_weight}")
+            raise ConfigError(f"entropy_weight (α) must be >= 0, got {self.entropy_weight}")
         if self.id2label is not None:
             # JSON keys are strings; keep them so, whatever the caller passed
             self.id2label = {str(k): str(v) for k, v in self.id2label.items()}

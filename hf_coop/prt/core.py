@@ -10,17 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def check_finite(logits: torch.Tensor, who: str, allow_neg_inf: bool = False) -> None:
-    """Refuse NaN (and +inf; -inf too unless `allow_neg_inf`) logits, naming the model that produced them."""
-    bad = torch.isnan(logits) | (logits == float("inf"))
-    if not allow_neg_inf:
-        bad |= logits == float("-inf")
-    if bool(bad.any()):
-        raise ValueError(
-            f"{who} produced {int(bad.sum())} non-finite logits (NaN or inf); check its weights and dtype "
-            "(fp16 overflow is a common cause: load it in float32 or bfloat16)"
-        )
+from hf_coop.errors import ConfigError
 
 
 def shared_vocab_size(*logits: torch.Tensor, vocab_size: int | None = None) -> int:
@@ -30,7 +20,7 @@ def shared_vocab_size(*logits: torch.Tensor, vocab_size: int | None = None) -> i
     if vocab_size is None:
         return smallest
     if vocab_size > smallest:
-        raise ValueError(
+        raise ConfigError(
             f"a model's output head has {smallest} entries but the vocabulary has {vocab_size} tokens; "
             "the models do not share this tokenizer"
         )

@@ -12,8 +12,11 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
+from hf_coop.errors import ConfigError
+
 from ..config_utils import ArtifactError
-from .core import check_finite, pad_vocab, prt_log_probs
+from ..errors import check_finite
+from .core import pad_vocab, prt_log_probs
 from .processors import _unwrap_reward
 from .reward_model import PRTRewardModel
 
@@ -90,7 +93,7 @@ class PRTModel(PreTrainedModel, GenerationMixin):
         if use_cache and cache is None:
             cache = self.new_cache()
         if cache is not None and not isinstance(cache, PRTCache):
-            raise TypeError(f"PRTModel needs a PRTCache (model.new_cache()), got {type(cache).__name__}")
+            raise ConfigError(f"PRTModel needs a PRTCache (model.new_cache()), got {type(cache).__name__}")
         shared = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

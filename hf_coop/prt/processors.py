@@ -7,7 +7,10 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from .core import check_finite, eft_log_probs, pad_vocab, proxy_tuning_log_probs, prt_log_probs
+from hf_coop.errors import InputError
+
+from ..errors import check_finite
+from .core import eft_log_probs, pad_vocab, proxy_tuning_log_probs, prt_log_probs
 from .reward_model import PRTRewardModel
 
 REORDER_ERROR = (
@@ -48,14 +51,14 @@ class FollowerLM:
             mask = torch.ones_like(input_ids)
         mask = mask.to(input_ids.device)
         if mask.shape[1] != input_ids.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"the attention mask has {mask.shape[1]} columns but the prompt has {input_ids.shape[1]} "
                 "tokens: pass the attention mask of the prompt given to generate"
             )
         rows, mask_rows = input_ids.shape[0], mask.shape[0]
         if rows != mask_rows:
             if rows % mask_rows:
-                raise ValueError(f"generate runs {rows} rows but the attention mask has {mask_rows}")
+                raise InputError(f"generate runs {rows} rows but the attention mask has {mask_rows}")
             mask = mask.repeat_interleave(rows // mask_rows, dim=0)  # num_return_sequences copies each prompt
         self._attention_mask = mask
         self._position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -70,7 +73,7 @@ class FollowerLM:
                 input_ids.shape[1] == self._seen.shape[1] + 1 and input_ids.shape[0] == self._seen.shape[0]
             )
             if not steps_ok or not torch.equal(input_ids[:, :-1], self._seen):
-                raise ValueError(REORDER_ERROR)
+                raise InputError(REORDER_ERROR)
             new_position = self._position_ids[:, -1:] + 1
             self._attention_mask = torch.cat([self._attention_mask, torch.ones_like(new_position)], dim=1)
             self._position_ids = torch.cat([self._position_ids, new_position], dim=1)

@@ -9,8 +9,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
+from hf_coop.errors import ConfigError, InputError
+
+from ..errors import check_finite
 from .config import PRTConfig, PRTTrainingArguments
-from .core import check_finite, prt_log_probs, reward_entropy
+from .core import prt_log_probs, reward_entropy
 from .reward_model import auto_model_class, reward_config_from_models, write_reward_metadata
 
 
@@ -56,7 +59,7 @@ class PRTTrainer(Trainer):
         elif isinstance(model, str):
             model = auto_model_class(prt_config.task_type).from_pretrained(model, **init_kwargs)
         if model is base_model:
-            raise ValueError(
+            raise ConfigError(
                 "the reward model must be a separate copy of the base (pass model=None to copy it)"
             )
         if peft_config is not None:
@@ -87,7 +90,7 @@ class PRTTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         inputs = dict(inputs)
         if "labels" not in inputs:
-            raise ValueError(
+            raise InputError(
                 "PRTTrainer needs `labels` in every batch (for causal LMs: the input ids, -100 where no loss "
                 "is wanted, e.g. via DataCollatorForLanguageModeling(tokenizer, mlm=False))"
             )
@@ -104,7 +107,7 @@ class PRTTrainer(Trainer):
             scored, targets, reward_scored = log_probs, labels, reward_logits
         mask = targets != -100
         if bool((targets[mask] >= scored.shape[-1]).any()):
-            raise ValueError(
+            raise InputError(
                 f"a label id is >= {scored.shape[-1]}, the size of the output space the reward trains over"
             )
         token_nll = -scored.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -118,7 +121,7 @@ class PRTTrainer(Trainer):
         if not bool(torch.isfinite(loss)):
             check_finite(base_logits, "the frozen base model")
             check_finite(reward_logits, "the reward model")
-            raise ValueError(
+            raise ConfigError(
                 f"PRT loss is {loss.item()} with finite logits; lower the learning rate or raise λ"
             )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -176,7 +179,7 @@ def _check_reward_matches_base(config: PRTConfig, base_model: nn.Module, reward_
         base_labels = list(base_model.config.id2label.values())
         reward_labels = list(reward_model.config.id2label.values())
         if base_labels != reward_labels:
-            raise ValueError(
+            raise ConfigError(
                 f"the reward model's labels {reward_labels} differ from the base's {base_labels} (names and "
                 "order must match: the reward is added to the base's log-probabilities label by label)"
             )
@@ -184,7 +187,7 @@ def _check_reward_matches_base(config: PRTConfig, base_model: nn.Module, reward_
     for who, member in (("base", base_model), ("reward", reward_model)):
         head = member.get_output_embeddings().weight.shape[0]
         if head < config.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the {who} model's head has {head} rows but the tokenizer has {config.vocab_size} tokens; "
                 "PRT needs both models to cover the same vocabulary"
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from hf_coop.errors import ConfigError
+
 from ..config_utils import CoopConfig
 
 FROZEN_DISTRIBUTIONS = ("uniform", "erk", "epl")
@@ -16,7 +18,7 @@ BIAS_MODES = ("zero", "train")
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"FrozenSLTConfig.{field} must be one of {choices}, got {value!r}")
+        raise ConfigError(f"FrozenSLTConfig.{field} must be one of {choices}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -72,13 +74,13 @@ class FrozenSLTConfig(CoopConfig):
     def __post_init__(self) -> None:
         s, p, r = self.sparsity, self.pruned_ratio, self.locked_ratio
         if not (0.0 <= p and 0.0 <= r and p + r <= 1.0 and 0.0 <= s < 1.0):
-            raise ValueError(
+            raise ConfigError(
                 "FrozenSLTConfig needs 0 <= pruned_ratio, 0 <= locked_ratio, "
                 f"pruned_ratio + locked_ratio <= 1 "
                 f"and 0 <= sparsity < 1; got sparsity={s}, pruned_ratio={p}, locked_ratio={r}"
             )
         if not (p <= s <= 1.0 - r):
-            raise ValueError(
+            raise ConfigError(
                 "FrozenSLTConfig needs pruned_ratio <= sparsity <= 1 - locked_ratio (pruned weights are "
                 "never in the ticket, locked ones always are); "
                 f"got sparsity={s}, pruned_ratio={p}, locked_ratio={r}. "
@@ -90,12 +92,12 @@ class FrozenSLTConfig(CoopConfig):
         _check_choice("score_init", self.score_init, SCORE_INITS)
         _check_choice("bias", self.bias, BIAS_MODES)
         if self.threshold == "per_layer" and self.frozen_distribution != "uniform":
-            raise ValueError(
+            raise ConfigError(
                 f"threshold='per_layer' keeps density 1 - sparsity in every layer, which only fits frozen "
                 f"counts spread uniformly; use threshold='global' with frozen_distribution="
                 f"{self.frozen_distribution!r}"
             )
         if self.update_every < 1:
-            raise ValueError(f"FrozenSLTConfig.update_every must be >= 1, got {self.update_every}")
+            raise ConfigError(f"FrozenSLTConfig.update_every must be >= 1, got {self.update_every}")
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]

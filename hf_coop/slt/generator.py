@@ -32,6 +32,8 @@ import hashlib
 
 import numpy as np
 
+from hf_coop.errors import ConfigError
+
 GAMMA = 0x9E3779B97F4A7C15
 MASK64 = (1 << 64) - 1
 WEIGHT_STREAM = 1
@@ -85,7 +87,7 @@ def signs(seed: int, layer_name: str, stream: int, count: int) -> np.ndarray:
 def freeze_codes(seed: int, layer_name: str, count: int, n_pruned: int, n_locked: int) -> np.ndarray:
     """uint8 codes (FREE 0, PRUNED 1, LOCKED 2) with exactly `n_pruned` pruned and `n_locked` locked."""
     if n_pruned < 0 or n_locked < 0 or n_pruned + n_locked > count:
-        raise ValueError(f"cannot freeze {n_pruned} pruned + {n_locked} locked of {count} weights")
+        raise ConfigError(f"cannot freeze {n_pruned} pruned + {n_locked} locked of {count} weights")
     order = np.argsort(random_bits(seed, layer_name, FREEZE_STREAM, count), kind="stable")
     codes = np.full(count, FREE, dtype=np.uint8)
     codes[order[:n_pruned]] = PRUNED

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from hf_coop.errors import ConfigError, InputError
+
 from . import generator
 from .config import FrozenSLTConfig
 
@@ -101,7 +103,7 @@ class SupermaskLayer(nn.Module):
     def set_kept_free(self, kept_free: int) -> None:
         """How many free weights the top-k keeps (the threshold, as a count)."""
         if not 0 <= kept_free <= self.n_free:
-            raise ValueError(f"{self.slt_name}: cannot keep {kept_free} of {self.n_free} free weights")
+            raise InputError(f"{self.slt_name}: cannot keep {kept_free} of {self.n_free} free weights")
         self.kept_free = int(kept_free)
 
     def free_mask(self) -> torch.Tensor:
@@ -125,7 +127,7 @@ class SupermaskLayer(nn.Module):
     def set_free_mask(self, bits: torch.Tensor) -> None:
         """Make the top-k reproduce a given free-position mask (used when loading a ticket)."""
         if bits.numel() != self.n_free:
-            raise ValueError(f"{self.slt_name}: mask has {bits.numel()} bits for {self.n_free} free weights")
+            raise InputError(f"{self.slt_name}: mask has {bits.numel()} bits for {self.n_free} free weights")
         with torch.no_grad():
             self.scores.copy_(bits.to(self.scores))
         self.set_kept_free(int(bits.sum()))
@@ -168,7 +170,7 @@ class SupermaskConv2d(SupermaskLayer):
         self, layer: nn.Conv2d, name: str, config: FrozenSLTConfig, n_pruned: int, n_locked: int
     ) -> None:
         if layer.padding_mode != "zeros":
-            raise ValueError(
+            raise ConfigError(
                 f"{name}: supermask Conv2d supports padding_mode='zeros', not {layer.padding_mode!r}"
             )
         fan_in = layer.weight[0].numel()

@@ -32,6 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hf_coop.errors import ConfigError
+
 from ..config_utils import ArtifactError, fingerprint, local_folder, push_folder_to_hub, render_model_card
 from .config import FrozenSLTConfig
 from .layer import SUPERMASK_CLASSES, SupermaskLayer, weight_checksum
@@ -68,14 +70,14 @@ def find_target_modules(model: nn.Module, config: FrozenSLTConfig) -> list[tuple
             continue
         if type(module) not in SUPERMASK_CLASSES:
             supported = ", ".join(cls.__name__ for cls in SUPERMASK_CLASSES)
-            raise ValueError(
+            raise ConfigError(
                 f"target module {name!r} is a {type(module).__name__}; "
                 f"supermask layers exist for {supported}. "
                 f"Narrow target_modules or put {name!r} in modules_to_save."
             )
         targets.append((name, module))
     if not targets:
-        raise ValueError(
+        raise ConfigError(
             f"no module of {type(model).__name__} matches target_modules={config.target_modules!r}"
         )
     return targets
@@ -93,7 +95,7 @@ def distribute(total: int, weights: list[float], caps: list[int]) -> list[int]:
     Water-filling: layers whose share exceeds their cap get the cap and the rest is re-shared; the
     fractional parts are then rounded by largest remainder (ties to the earlier layer)."""
     if total > sum(caps):
-        raise ValueError(f"cannot place {total} frozen weights in layers holding {sum(caps)}")
+        raise ConfigError(f"cannot place {total} frozen weights in layers holding {sum(caps)}")
     shares = [0.0] * len(caps)
     active = [i for i, cap in enumerate(caps) if cap > 0 and weights[i] > 0]
     remaining = float(total)

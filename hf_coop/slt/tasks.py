@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hf_coop.errors import ConfigError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -31,7 +33,7 @@ class ConvNet(nn.Module):
     ) -> None:
         super().__init__()
         if image_size % 8:
-            raise ValueError(f"image_size must be a multiple of 8 (three 2×2 poolings), got {image_size}")
+            raise ConfigError(f"image_size must be a multiple of 8 (three 2×2 poolings), got {image_size}")
         layers: list[nn.Module] = []
         channels = in_channels
         for out_channels in (width, 2 * width, 4 * width):

@@ -24,6 +24,7 @@ import torch
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from hf_coop.config_utils import ArtifactError, fingerprint, push_folder_to_hub, render_model_card
+from hf_coop.errors import ConfigError
 from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_padded, pad_logprobs
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
@@ -42,9 +43,9 @@ def check_weights(weights: Sequence[float] | None, n_members: int) -> list[float
     """Weights normalised to sum 1 (default: equal); negative weights or a non-positive sum are refused."""
     weights = [1.0] * n_members if weights is None else [float(w) for w in weights]
     if len(weights) != n_members:
-        raise ValueError(f"got {len(weights)} weights for {n_members} members; give one weight per member")
+        raise ConfigError(f"got {len(weights)} weights for {n_members} members; give one weight per member")
     if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"weights must be finite, non-negative and sum to a positive number, got {weights}; "
             "e.g. --weights 0.5 0.5"
         )
@@ -53,7 +54,7 @@ def check_weights(weights: Sequence[float] | None, n_members: int) -> list[float
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     return mode
 
 
@@ -106,7 +107,7 @@ class CommonVocabEnsembleConfig(PretrainedConfig):
         **kwargs,
     ):
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
         self.members = list(members or [])
         self.weights = weights
         self.mode = check_mode(mode)
@@ -149,7 +150,7 @@ def check_member_tokenizers(
 def _check_device(index: int, model: PreTrainedModel) -> None:
     devices = {p.device for p in model.parameters()}
     if any(d.type == "meta" for d in devices):
-        raise ValueError(
+        raise ConfigError(
             f"member {index} has weights on the meta device (not loaded, or offloaded without an execution "
             "device); load it onto a real device, e.g. from_pretrained(..., device_map='cuda:1') or .to('cpu')"
         )
@@ -165,11 +166,11 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
     def __init__(self, config: CommonVocabEnsembleConfig, members: list[ReducedVocabLM]):
         super().__init__(config)
         if not members:
-            raise ValueError("an ensemble needs at least one member")
+            raise ConfigError("an ensemble needs at least one member")
         for index, member in enumerate(members):
             _check_device(index, member.original)
             if member.nested.sub_strings != members[0].nested.sub_strings:
-                raise ValueError(
+                raise ConfigError(
                     f"member {index} is reduced to another sub-vocabulary than member 0; build the ensemble "
                     "with CommonVocabEnsemble.from_models so every member uses the same MCV"
                 )
@@ -222,14 +223,14 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
         every member conditions on as bytes, each at its own cut (see `hf_coop.vocab.prompt_boundary`)."""
         check_prompt_boundary(prompt_boundary)
         if len(models) != len(tokenizers) or not models:
-            raise ValueError(f"give one tokenizer per model (got {len(models)} models, {len(tokenizers)})")
+            raise ConfigError(f"give one tokenizer per model (got {len(models)} models, {len(tokenizers)})")
         if sub_vocab not in ("mcv", "bytes"):
-            raise ValueError(f"sub_vocab must be 'mcv' or 'bytes', got {sub_vocab!r}")
+            raise ConfigError(f"sub_vocab must be 'mcv' or 'bytes', got {sub_vocab!r}")
         check_mode(mode)
         weights = check_weights(weights, len(models))
         settings = engine_settings(settings, None, max_hypotheses, prune_ratio, **engine_options)
         if settings.tokens_per_boundary is not None:
-            raise ValueError(
+            raise ConfigError(
                 "ensemble members keep every next token (tokens_per_boundary=None): a member must be able to "
                 "follow whatever token another member chose; bound the cost with max_hypotheses / prune_ratio"
             )

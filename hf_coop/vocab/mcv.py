@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from hf_coop.errors import ConfigError
 from hf_coop.vocab.sub_vocabulary import ALL_BYTES, SubVocabulary, _piece_bytes
 from hf_coop.vocab.token_bytes import TokenBytes, token_bytes
 
@@ -145,7 +146,7 @@ def _boundaries(table: TokenBytes, pieces: list[bytes], data: bytes) -> set[int]
     spelled = b"".join(pieces)
     shift = len(spelled) - len(data)
     if shift < 0 or spelled[shift:] != data:
-        raise ValueError(
+        raise ConfigError(
             "a tokenizer does not spell this text byte for byte (a lossy normalizer?); measure agreement on "
             "text it keeps as is"
         )
@@ -196,9 +197,9 @@ def maximal_common_vocabulary(
     """The MCV of `tokenizers` (named "mcv") and its report; `text` adds the boundary agreement of the
     members' nested splits under `split` ("merges": each tokenizer's own; "longest"; "common")."""
     if not tokenizers:
-        raise ValueError("give at least one tokenizer")
+        raise ConfigError("give at least one tokenizer")
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
     mcv, common = common_vocabulary(*tokenizers)
     report = MCVReport(
         tokenizers=list(names or [getattr(t, "name_or_path", type(t).__name__) for t in tokenizers]),
@@ -233,7 +234,7 @@ def resolve_split(
 ) -> str | Callable[[bytes], list[bytes]]:
     """What `NestedTable.build` takes for a split name ("common" becomes one function shared by all)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
     if split != "common":
         return split
     return CommonSplit(mcv, tokenizers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import BatchEncoding, LogitsProcessor
 
+from hf_coop.errors import ConfigError
 from hf_coop.vocab.engine.cache import EngineCache
 from hf_coop.vocab.ensemble import CommonVocabEnsemble
 from hf_coop.vocab.tokenizers import PromptError, pad_left
@@ -31,9 +32,11 @@ class CommonVocabLogitsProcessor(LogitsProcessor):
 
     def __init__(self, ensemble: CommonVocabEnsemble, driver: int = 0):
         if isinstance(driver, bool) or not isinstance(driver, int) or not 0 <= driver < len(ensemble.members):
-            raise ValueError(f"driver must be a member index in [0, {len(ensemble.members)}), got {driver!r}")
+            raise ConfigError(
+                f"driver must be a member index in [0, {len(ensemble.members)}), got {driver!r}"
+            )
         if driver not in ensemble.active_members():
-            raise ValueError(f"member {driver} has weight 0, so it is not run and cannot drive generation")
+            raise ConfigError(f"member {driver} has weight 0, so it is not run and cannot drive generation")
         self.ensemble = ensemble
         self.driver = driver
         member = ensemble.members[driver]
@@ -45,7 +48,7 @@ class CommonVocabLogitsProcessor(LogitsProcessor):
                 token_of_sub.setdefault(index[data], token_id)  # lowest id stands for the string
         missing = [s for s in range(ensemble.num_text) if s not in token_of_sub]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"the driver's vocabulary lacks {len(missing)} MCV strings (e.g. "
                 f"{member.nested.sub_strings[missing[0]]!r}); pick a byte-level or byte-fallback member as driver"
             )

@@ -24,18 +24,19 @@ import bisect
 from collections.abc import Sequence
 from functools import cached_property
 
+from hf_coop.errors import ConfigError, InputError
 from hf_coop.vocab.token_bytes import TokenBytes
 
 PROMPT_BOUNDARIES = ("tail", "exact", "canonical")
 
 
-class PromptError(ValueError):
+class PromptError(InputError):
     """A prompt that cannot be turned into what the models condition on."""
 
 
 def check_prompt_boundary(value: str) -> str:
     if value not in PROMPT_BOUNDARIES:
-        raise ValueError(
+        raise ConfigError(
             f"prompt_boundary must be one of {', '.join(map(repr, PROMPT_BOUNDARIES))}; got {value!r}"
         )
     return value

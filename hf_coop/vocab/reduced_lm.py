@@ -24,6 +24,7 @@ from transformers import (
     StoppingCriteria,
 )
 
+from hf_coop.errors import ConfigError
 from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_padded, pad_logprobs
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
@@ -82,7 +83,7 @@ def eos_sub_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, nest
 def check_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     head = model.get_output_embeddings()
     if head is not None and head.weight.shape[0] < len(tokenizer):
-        raise ValueError(
+        raise ConfigError(
             f"the model's output head has {head.weight.shape[0]} rows but the tokenizer has {len(tokenizer)} "
             "tokens: this tokenizer does not belong to this model"
         )

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hf_coop.errors import ConfigError
 from hf_coop.scoring import TextScore, check_text, start_token_id
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
@@ -99,7 +100,7 @@ def sub_sequence_logprobs(
     """log Π(sub_ids) for each row: the probability that the reduced model's sub-token stream starts with
     it, given the start token (or `context`); all rows advance together (one batched forward per step)."""
     if settings.tokens_per_boundary is not None:
-        raise ValueError(
+        raise ConfigError(
             "scoring keeps every next token (tokens_per_boundary=None): K-LVR is a decoding algorithm and "
             "cannot score a given text; bound the cost with max_hypotheses / prune_ratio"
         )
@@ -171,7 +172,7 @@ def prefix_logprob(
     data = [check_text(t) for t in texts]
     nested = nested or SubVocabulary.bytes_only().nested_table(tokenizer)
     if nested.sub_name != "bytes":
-        raise ValueError(
+        raise ConfigError(
             "prefix_logprob steps byte by byte: pass a nested table of SubVocabulary.bytes_only()"
         )
     settings = _settings(model.dtype, max_hypotheses, prune_ratio, settings)

@@ -18,13 +18,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from hf_coop.config_utils import fingerprint
+from hf_coop.errors import ConfigError
 from hf_coop.vocab.token_bytes import TokenBytes, gpt2_unicode_to_byte, token_bytes
 
 ALL_BYTES = frozenset(bytes([b]) for b in range(256))
 TRIE_ARRAYS = ("first_sub", "node_depth", "node_end_lo", "node_lo", "node_hi", "child_key", "child_node")
 
 
-class SubVocabularyError(ValueError):
+class SubVocabularyError(ConfigError):
     """A sub-vocabulary that cannot hold a lossless reduction."""
 
 

@@ -17,6 +17,8 @@ from functools import cached_property, lru_cache
 
 from transformers import PreTrainedTokenizerBase
 
+from hf_coop.errors import ConfigError
+
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 # Normalizers the byte mapping undoes exactly (SentencePiece writes spaces as `▁`).
 _REVERSIBLE_NORMALIZERS = {"Replace", "Prepend", "Sequence"}
@@ -36,7 +38,7 @@ def gpt2_unicode_to_byte() -> dict[str, int]:
     return mapping
 
 
-class TokenBytesError(ValueError):
+class TokenBytesError(ConfigError):
     """The tokenizer's tokens cannot be mapped to bytes."""
 
 

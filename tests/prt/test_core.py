@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_coop.prt.core import check_finite, eft_log_probs, pad_vocab, proxy_tuning_log_probs, prt_log_probs
+from hf_coop.errors import check_finite
+from hf_coop.prt.core import eft_log_probs, pad_vocab, proxy_tuning_log_probs, prt_log_probs
 
 
 def test_prt_log_probs_equals_formula_over_the_shared_vocabulary():

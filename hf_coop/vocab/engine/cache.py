@@ -13,6 +13,7 @@ from transformers import GenerationMixin
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from hf_coop.errors import ConfigError
 from hf_coop.vocab.engine.scheduler import Scheduler
 
 
@@ -72,7 +73,7 @@ class EngineGenerationMixin(GenerationMixin):
         if cache is None:
             model_kwargs["cache"] = self.new_cache()
         elif not isinstance(cache, EngineCache):
-            raise TypeError(
+            raise ConfigError(
                 f"{type(self).__name__} keeps its state in an EngineCache (model.new_cache()), got {type(cache).__name__}"
             )
 

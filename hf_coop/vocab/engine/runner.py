@@ -26,6 +26,7 @@ import os
 import torch
 from transformers import PreTrainedModel
 
+from hf_coop.errors import ConfigError, CoopError, log_normalizer
 from hf_coop.vocab.engine.kv import FULL, SLIDING, TreeKV
 from hf_coop.vocab.engine.settings import EngineSettings
 
@@ -56,25 +57,15 @@ def _grouped_query_sdpa(device: torch.device):
             os.environ[_FORCE_GQA] = before
 
 
-class EngineOutOfMemoryError(RuntimeError):
+class EngineOutOfMemoryError(CoopError, RuntimeError):
     """A forward ran out of memory; the message names the settings that bound a forward's size."""
-
-
-class NonFiniteLogitsError(ValueError):
-    """A model produced NaN or infinite logits, so no distribution can be formed."""
 
 
 def finite_log_softmax(logits: torch.Tensor, vocab_size: int, dtype: torch.dtype, who: str) -> torch.Tensor:
     """log-softmax over the first `vocab_size` ids in `dtype`; refuses NaN/inf logits (fp16 overflow, broken
     weights) instead of letting them become a silent NaN distribution."""
     logits = logits[..., :vocab_size].to(dtype)
-    normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)
-    if not bool(torch.isfinite(normalizer).all()):
-        raise NonFiniteLogitsError(
-            f"{who} produced NaN or infinite logits; check its dtype (fp16 overflow? load it in float32 or "
-            "bfloat16) and its weights"
-        )
-    return logits - normalizer
+    return logits - log_normalizer(logits, who)
 
 
 class TransformersRunner:
@@ -90,7 +81,7 @@ class TransformersRunner:
         config = model.config.get_text_config(decoder=True)
         attn = getattr(config, "_attn_implementation", None) or "eager"
         if attn not in ("eager", "sdpa"):
-            raise ValueError(
+            raise ConfigError(
                 f"the vocabulary engine passes tree-shaped 4D attention masks, which need attn_implementation "
                 f"'sdpa' or 'eager'; this model uses {attn!r}: load it with attn_implementation='sdpa'"
             )
@@ -98,7 +89,7 @@ class TransformersRunner:
         types = set(getattr(config, "layer_types", None) or [SLIDING if window else FULL])
         unknown = types - {FULL, SLIDING}
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"attention layer types {sorted(unknown)} are not supported by the vocabulary engine"
             )
         self.layer_types = types

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
+from hf_coop.errors import InputError
 from hf_coop.vocab.engine.cover import Births, CoverBatch, rank_within
 from hf_coop.vocab.engine.kv import handle_in_row
 from hf_coop.vocab.engine.prompt import adopt_prompt, walk_settings
@@ -24,7 +25,7 @@ from hf_coop.vocab.sub_vocabulary import NestedTable
 PREFETCH_PER_ROW = 2  # most histories a generating row evaluates ahead in one forward's padding
 
 
-class ZeroProbabilityError(ValueError):
+class ZeroProbabilityError(InputError):
     """A sub-token that nothing kept by the recursion can spell."""
 
 
@@ -62,7 +63,7 @@ class EngineMember:
         tail bytes (`[rows, width]`, right-padded with -1), if any, over every tokenization of them (see
         `engine/prompt.py`)."""
         if bool((lengths < 1).any()):
-            raise ValueError("a prompt is empty; give at least one token (e.g. the BOS token)")
+            raise InputError("a prompt is empty; give at least one token (e.g. the BOS token)")
         handles, logprobs = self.runner.start(prompt_ids, lengths)
         if tail_bytes is not None and bool((tail_bytes >= 0).any()):
             self.cover = self._walk_tails(handles, logprobs, tail_bytes.to(self.runner.device))

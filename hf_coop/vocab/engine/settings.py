@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from hf_coop.errors import ConfigError
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -43,11 +45,11 @@ class EngineSettings:
         for name in ("tokens_per_boundary", "max_hypotheses"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
         if isinstance(self.prune_ratio, bool) or not isinstance(self.prune_ratio, int | float):
-            raise ValueError(f"prune_ratio must be a number in [0, 1), got {self.prune_ratio!r}")
+            raise ConfigError(f"prune_ratio must be a number in [0, 1), got {self.prune_ratio!r}")
         if not (math.isfinite(self.prune_ratio) and 0.0 <= self.prune_ratio < 1.0):
-            raise ValueError(f"prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
+            raise ConfigError(f"prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
         for name in ("backtrack", "max_batch"):
             value = getattr(self, name)
             if (
@@ -55,11 +57,11 @@ class EngineSettings:
                 or not isinstance(value, int)
                 or value < (0 if name == "backtrack" else 1)
             ):
-                raise ValueError(
+                raise ConfigError(
                     f"{name} must be an integer >= {0 if name == 'backtrack' else 1}, got {value!r}"
                 )
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
     @property
     def torch_dtype(self) -> torch.dtype:

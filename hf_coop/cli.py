@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from hf_coop.errors import CoopError
+
 # Modules exposing `add_subcommands(subparsers)`; each subcommand sets `func(args) -> int | None`.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "hf_coop.commands.score",
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+    except (CoopError, ValueError, FileNotFoundError, ImportError, OSError) as e:
         print(f"hf-coop {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -4,6 +4,7 @@ vocabulary or architecture it belongs to, so a mismatched load is refused instea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -12,8 +13,11 @@ import os
 import tempfile
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from string import Template
 from typing import Any, ClassVar, TypeVar
+
+import torch
 
 from hf_coop.errors import ArtifactError
 
@@ -70,13 +74,9 @@ class CoopConfig:
     @classmethod
     def from_pretrained(cls: type[T], path: str | os.PathLike, **overrides: Any) -> T:
         """Load from a folder (or a hub repo id, through huggingface_hub) holding `config_name`."""
-        file = os.path.join(path, cls.config_name)
+        file = os.path.join(local_folder(path), cls.config_name)
         if not os.path.isfile(file):
-            if os.path.isdir(path):
-                raise ArtifactError(f"{path} has no {cls.config_name}: it was not saved by {cls.__name__}")
-            from huggingface_hub import hf_hub_download
-
-            file = hf_hub_download(str(path), cls.config_name)
+            raise ArtifactError(f"{path} has no {cls.config_name}: it was not saved by {cls.__name__}")
         try:
             with open(file, encoding="utf-8") as f:
                 data = json.load(f)
@@ -97,6 +97,22 @@ def vocab_fingerprint(tokenizer) -> str:
     vocab = tokenizer.get_vocab()
     return fingerprint(
         {"tokens": sorted(vocab.items(), key=lambda kv: kv[1]), "special": tokenizer.all_special_ids}
+    )
+
+
+def model_fingerprint(model) -> str:
+    """Tells models apart cheaply: class, parameter count, embedding shape and the first 4096 embedding values
+    rounded to bfloat16 (the same checkpoint loaded in another float dtype keeps its fingerprint)."""
+    embeddings = model.get_input_embeddings().weight.detach()
+    sample = embeddings.flatten()[:4096]
+    sample = sample.to(torch.bfloat16).float().cpu() if sample.is_floating_point() else sample.cpu()
+    return fingerprint(
+        {
+            "class": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "embeddings": list(embeddings.shape),
+            "sample": hashlib.sha256(sample.numpy().tobytes()).hexdigest(),
+        }
     )
 
 
@@ -137,16 +153,61 @@ def push_folder_to_hub(
         )
 
 
-def local_folder(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> str:
-    """A local folder as is; otherwise a Hub repo id, downloaded (or taken from the cache) as a snapshot."""
-    if os.path.isdir(path_or_repo_id):
-        return str(path_or_repo_id)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
+@contextlib.contextmanager
+def reading_weights(folder: str | os.PathLike):
+    """Turn an unreadable safetensors file met while loading `folder` into an `ArtifactError` naming it."""
+    from safetensors import SafetensorError
 
     try:
-        return snapshot_download(str(path_or_repo_id), revision=revision)
-    except (HFValidationError, OSError) as e:
+        yield
+    except SafetensorError as e:
+        names = sorted(p.name for p in Path(folder).glob("*.safetensors")) if os.path.isdir(folder) else []
         raise ArtifactError(
-            f"{path_or_repo_id} is neither a local folder nor a reachable Hub repo ({e})"
+            f"{folder}: a weights file ({', '.join(names) or 'safetensors'}) is unreadable ({e}): it is corrupt or "
+            "truncated; save or download it again"
         ) from e
+
+
+def looks_local(path: str | os.PathLike) -> bool:
+    """True for what can only be a local path, never a Hub repo id ("name" or "namespace/name")."""
+    text = os.fspath(path)
+    return (
+        os.path.isabs(text)
+        or text.startswith((".", "~"))
+        or text.count("/") > 1
+        or os.sep in text.replace("/", "")
+        or os.path.exists(text)
+    )
+
+
+def local_folder(
+    path_or_repo_id: str | os.PathLike,
+    revision: str | None = None,
+    must_hold: str | None = None,
+    **download: Any,
+) -> str:
+    """The one resolver for artefacts and models: a local folder as is; a Hub repo id downloaded (or taken from
+    the cache) as a snapshot (`download`: snapshot_download's cache_dir, token, local_files_only). A path that
+    can only be local and is not a folder is refused as "no such folder", never sent to the Hub. With
+    `must_hold`, a folder without that file is refused, naming both."""
+    text = os.fspath(path_or_repo_id)
+    if os.path.isdir(text):
+        folder = text
+    elif looks_local(text):
+        raise ArtifactError(
+            f"no such folder: {text}" + (" (it is a file; give its folder)" if os.path.isfile(text) else "")
+        )
+    else:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError
+
+        try:
+            folder = snapshot_download(text, revision=revision, **download)
+        except (HFValidationError, OSError) as e:
+            raise ArtifactError(
+                f"{text} is not a local folder, and as a Hub repo id it could not be fetched ({e}); check the "
+                "path, or the repo id and your connection (HF_HUB_OFFLINE=1 allows only cached repos)"
+            ) from e
+    if must_hold is not None and not os.path.isfile(os.path.join(folder, must_hold)):
+        raise ArtifactError(f"{text} has no {must_hold}: it is not a saved artefact of this kind")
+    return folder

@@ -56,3 +56,31 @@ def check_finite(logits: torch.Tensor, who: str, allow_neg_inf: bool = False) ->
         )
     if allow_neg_inf:
         log_normalizer(logits, who)
+
+
+def check_int(name: str, value, minimum: int | None = None, optional: bool = False) -> None:
+    """Refuse anything but an int (bools and floats such as 1.5 included) at least `minimum`."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ConfigError(f"{name} must be an integer{bound}{' or None' if optional else ''}, got {value!r}")
+
+
+def check_real(
+    name: str, value, low: float | None = None, high: float | None = None, open_low: bool = False
+) -> None:
+    """Refuse anything but a finite real number (strings, NaN and inf included) in [low, high] (or
+    (low, high] with `open_low`)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value != value
+        or abs(value) == float("inf")
+    ):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and (value < low or (open_low and value == low))) or (
+        high is not None and value > high
+    ):
+        interval = f"{'(' if open_low else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise ConfigError(f"{name} must be in {interval}, got {value!r}")

@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from hf_coop.errors import ConfigError
+from hf_coop.config_utils import looks_local, reading_weights
+from hf_coop.errors import ArtifactError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +79,13 @@ def resolve_model_path(name_or_path: str) -> str:
     unchanged for `from_pretrained` (a local folder or a hub id)."""
     if name_or_path not in DEMO_MODELS:
         if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
-            raise ConfigError(
+            raise ArtifactError(
                 f"{name_or_path} is a folder but holds no config.json, so it is not a Hugging Face model; "
                 f"pass a model folder, a hub id, or one of {sorted(DEMO_MODELS)}"
+            )
+        if looks_local(name_or_path) and not os.path.isdir(name_or_path):
+            raise ArtifactError(
+                f"no such folder: {name_or_path} (pass a model folder, a hub id, or one of {sorted(DEMO_MODELS)})"
             )
         return name_or_path
     target = cache_dir() / name_or_path
@@ -124,7 +129,8 @@ def load_model(
     """(model, tokenizer) for a demo model name, a local folder or a hub id, in eval mode."""
     path = resolve_model_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with reading_weights(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer

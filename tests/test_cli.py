@@ -59,3 +59,19 @@ def test_score_marginal_and_sub_vocab(tmp_path, capsys, byte_level_tokenizer):
     assert out["truncated_mass"] == 0.0 and out["n_bytes"] == 7 and out["sub_vocab"] == "max-bytes:3"
     assert main(["score", "--model", folder, "--sub-vocab", "words", "x"]) == 2
     assert "unknown sub-vocabulary" in capsys.readouterr().err
+
+
+def test_a_mistyped_local_path_is_no_such_folder_in_every_command(tmp_path, capsys):
+    """Never the Hub's "Repo id must be in the form ..." for what can only be a local path."""
+    typo = str(tmp_path / "typo")
+    for argv in (
+        ["score", "--model", typo, "x"],
+        ["score", "--model", "./typo", "x"],
+        ["mcv", typo, "./typo"],
+        ["ensemble", "--model", typo, "--model", "./typo", "x"],
+        ["prt", "generate", "--base", typo, "--reward", "./typo", "x"],
+        ["slt", "inspect", typo],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "no such folder" in err and "Repo id" not in err, (argv, err)

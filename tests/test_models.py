@@ -38,3 +38,14 @@ def test_demo_models_load_and_answer(name, expected):
     model, tokenizer = load_model(name)
     assert name in DEMO_MODELS
     assert greedy_continuation(model, tokenizer, "The capital of France is", 4).startswith(expected)
+
+
+def test_a_mistyped_local_path_is_no_such_folder(tmp_path):
+    from hf_coop.errors import ArtifactError
+    from hf_coop.slt import FrozenSLTModel
+
+    for typo in (str(tmp_path / "modle"), "./modle", "../modle"):
+        with pytest.raises(ArtifactError, match="no such folder"):
+            load_model(typo)
+        with pytest.raises(ArtifactError, match="no such folder"):
+            FrozenSLTModel.from_pretrained(None, typo)

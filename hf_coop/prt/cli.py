@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from hf_coop.errors import InputError
+from ..errors import InputError
 
 TEXT_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 

@@ -7,9 +7,8 @@ from typing import Any, ClassVar, Literal
 
 from transformers import TrainingArguments
 
-from hf_coop.errors import ConfigError
-
 from ..config_utils import CoopConfig
+from ..errors import ConfigError, check_int, check_real
 
 TaskType = Literal["causal_lm", "classification"]
 TASK_TYPES: tuple[str, ...] = ("causal_lm", "classification")
@@ -51,10 +50,9 @@ class PRTConfig(CoopConfig):
     def __post_init__(self) -> None:
         if self.task_type not in TASK_TYPES:
             raise ConfigError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature (λ) must be > 0, got {self.temperature}")
-        if self.entropy_weight < 0:
-            raise ConfigError(f"entropy_weight (α) must be >= 0, got {self.entropy_weight}")
+        check_real("temperature (λ)", self.temperature, low=0.0, open_low=True)
+        check_real("entropy_weight (α)", self.entropy_weight, low=0.0)
+        check_int("vocab_size", self.vocab_size, minimum=1, optional=True)
         if self.id2label is not None:
             # JSON keys are strings; keep them so, whatever the caller passed
             self.id2label = {str(k): str(v) for k, v in self.id2label.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hf_coop.errors import ConfigError
+from ..errors import ConfigError
 
 
 def shared_vocab_size(*logits: torch.Tensor, vocab_size: int | None = None) -> int:

@@ -12,10 +12,8 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
-from hf_coop.errors import ConfigError
-
 from ..config_utils import ArtifactError
-from ..errors import check_finite
+from ..errors import ConfigError, check_finite
 from .core import pad_vocab, prt_log_probs
 from .processors import _unwrap_reward
 from .reward_model import PRTRewardModel

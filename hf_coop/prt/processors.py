@@ -7,9 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from hf_coop.errors import InputError
-
-from ..errors import check_finite
+from ..errors import InputError, check_finite
 from .core import eft_log_probs, pad_vocab, proxy_tuning_log_probs, prt_log_probs
 from .reward_model import PRTRewardModel
 

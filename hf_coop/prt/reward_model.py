@@ -12,7 +12,15 @@ import torch
 from huggingface_hub import ModelHubMixin
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
 
-from ..config_utils import ArtifactError, labels_fingerprint, render_model_card, vocab_fingerprint
+from ..config_utils import (
+    ArtifactError,
+    labels_fingerprint,
+    local_folder,
+    looks_local,
+    reading_weights,
+    render_model_card,
+    vocab_fingerprint,
+)
 from .config import PRTConfig
 
 MODEL_CARD_TEMPLATE = "prt_reward_model.md"
@@ -149,6 +157,16 @@ class PRTRewardModel(
         write_reward_metadata(save_directory, self.prt_config)
 
     @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> PRTRewardModel:
+        """Reload a reward from a folder or a Hub repo id (see `_from_pretrained` for the keyword arguments);
+        a mistyped local path is answered "no such folder", not with a Hub repo-id error."""
+        if looks_local(pretrained_model_name_or_path) and not os.path.isdir(pretrained_model_name_or_path):
+            local_folder(pretrained_model_name_or_path)  # raises "no such folder"
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def _from_pretrained(
         cls,
         *,
@@ -167,17 +185,14 @@ class PRTRewardModel(
 
         A peft adapter folder needs the base it was trained on: `base_model`, else the recorded base id.
         """
-        path = model_id
-        if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(
-                model_id,
-                revision=revision,
-                cache_dir=cache_dir,
-                token=token,
-                local_files_only=local_files_only,
-            )
+        path = local_folder(
+            model_id,
+            revision,
+            must_hold=PRTConfig.config_name,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
         config = PRTConfig.from_pretrained(path)
         if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
             from peft import PeftModel
@@ -190,12 +205,15 @@ class PRTRewardModel(
                 from ..models import resolve_model_path  # demo model names map to converted folders
 
                 base_path = resolve_model_path(config.base_model_name_or_path)
-                base_model = auto_model_class(config.task_type, base_path).from_pretrained(
-                    base_path, **model_kwargs
-                )
-            model = PeftModel.from_pretrained(base_model, path)
+                with reading_weights(base_path):
+                    base_model = auto_model_class(config.task_type, base_path).from_pretrained(
+                        base_path, **model_kwargs
+                    )
+            with reading_weights(path):
+                model = PeftModel.from_pretrained(base_model, path)
         else:
-            model = auto_model_class(config.task_type, path).from_pretrained(path, **model_kwargs)
+            with reading_weights(path):
+                model = auto_model_class(config.task_type, path).from_pretrained(path, **model_kwargs)
         model.eval()
         _check_saved_consistency(config, model, path)
         reward = cls(model, config)

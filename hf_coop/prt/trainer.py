@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
-from hf_coop.errors import ConfigError, InputError
-
-from ..errors import check_finite
+from ..errors import ConfigError, InputError, check_finite
 from .config import PRTConfig, PRTTrainingArguments
 from .core import prt_log_probs, reward_entropy
 from .reward_model import auto_model_class, reward_config_from_models, write_reward_metadata
+
+logger = logging.getLogger(__name__)
 
 
 class PRTTrainer(Trainer):
@@ -52,8 +53,15 @@ class PRTTrainer(Trainer):
         if isinstance(base_model, str):
             task_type = prt_config.task_type if prt_config is not None else "causal_lm"
             base_model = auto_model_class(task_type).from_pretrained(base_model, **init_kwargs)
+        base_task = "causal_lm" if base_model.can_generate() else "classification"
         if prt_config is None:
-            prt_config = PRTConfig(task_type="causal_lm" if base_model.can_generate() else "classification")
+            prt_config = PRTConfig(task_type=base_task)
+        elif prt_config.task_type != base_task:
+            raise ConfigError(
+                f"prt_config.task_type is {prt_config.task_type!r} but the base {type(base_model).__name__} is a "
+                f"{'causal LM' if base_task == 'causal_lm' else 'classifier'}: pass "
+                f"PRTConfig(task_type={base_task!r}, ...) (or leave prt_config out to have it inferred)"
+            )
         if model is None:
             model = copy.deepcopy(base_model).requires_grad_(True)  # the base may already be frozen
         elif isinstance(model, str):
@@ -80,6 +88,7 @@ class PRTTrainer(Trainer):
         self.base_model = self.accelerator.prepare_model(base_model, evaluation_mode=True)
         self._component_sums: dict[str, float] = {}
         self._component_count = 0
+        self._warned_unlabelled = False
 
     def compute_loss(
         self,
@@ -95,6 +104,12 @@ class PRTTrainer(Trainer):
                 "is wanted, e.g. via DataCollatorForLanguageModeling(tokenizer, mlm=False))"
             )
         labels = inputs.pop("labels")
+        if self.is_causal_lm and "input_ids" in inputs and labels.shape != inputs["input_ids"].shape:
+            raise InputError(
+                f"labels have shape {tuple(labels.shape)} but input_ids {tuple(inputs['input_ids'].shape)}: PRT "
+                "follows transformers' convention, labels aligned with input_ids (the shift happens inside), "
+                "so pass the unshifted ids (-100 where no loss is wanted)"
+            )
         reward_logits = model(**inputs).logits
         with torch.no_grad():
             base_logits = self.base_model(**inputs).logits
@@ -110,8 +125,16 @@ class PRTTrainer(Trainer):
             raise InputError(
                 f"a label id is >= {scored.shape[-1]}, the size of the output space the reward trains over"
             )
+        if not bool(mask.any()):
+            # nothing to train on in this micro-batch (every label -100): a zero loss that still reaches every
+            # trainable parameter, so accumulation and DDP's gradient all-reduce go on as usual
+            if not self._warned_unlabelled:
+                logger.warning("a batch has no labelled tokens (every label is -100); it contributes no loss")
+                self._warned_unlabelled = True
+            loss = reward_logits.sum() * 0.0
+            return (loss, {"logits": log_probs}) if return_outputs else loss
         token_nll = -scored.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        denominator = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
+        denominator = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         ce = (token_nll * mask).sum() / denominator
         loss = ce
         entropy = None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import ClassVar
 
-from hf_coop.errors import ConfigError
-
 from ..config_utils import CoopConfig
+from ..errors import ConfigError, check_int, check_real
 
 FROZEN_DISTRIBUTIONS = ("uniform", "erk", "epl")
 THRESHOLDS = ("per_layer", "global")
@@ -19,6 +19,23 @@ BIAS_MODES = ("zero", "train")
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"FrozenSLTConfig.{field} must be one of {choices}, got {value!r}")
+
+
+def _check_target_modules(target_modules) -> None:
+    if target_modules is None:
+        return
+    if isinstance(target_modules, str):
+        try:
+            re.compile(target_modules)
+        except re.error as e:
+            raise ConfigError(
+                f"FrozenSLTConfig.target_modules {target_modules!r} is not a valid regular expression ({e}); "
+                "give a regex matched in full against module names, or a list of names"
+            ) from e
+    elif not (isinstance(target_modules, list | tuple) and all(isinstance(n, str) for n in target_modules)):
+        raise ConfigError(
+            f"FrozenSLTConfig.target_modules must be None, a regex or a list of names, got {target_modules!r}"
+        )
 
 
 @dataclasses.dataclass
@@ -72,6 +89,13 @@ class FrozenSLTConfig(CoopConfig):
     base_model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("sparsity", "pruned_ratio", "locked_ratio", "score_weight_decay"):
+            check_real(f"FrozenSLTConfig.{name}", getattr(self, name), low=0.0)
+        check_int("FrozenSLTConfig.seed", self.seed, minimum=0)
+        check_int("FrozenSLTConfig.update_every", self.update_every, minimum=1)
+        if not isinstance(self.scale_fan, bool):
+            raise ConfigError(f"FrozenSLTConfig.scale_fan must be True or False, got {self.scale_fan!r}")
+        _check_target_modules(self.target_modules)
         s, p, r = self.sparsity, self.pruned_ratio, self.locked_ratio
         if not (0.0 <= p and 0.0 <= r and p + r <= 1.0 and 0.0 <= s < 1.0):
             raise ConfigError(
@@ -97,7 +121,6 @@ class FrozenSLTConfig(CoopConfig):
                 f"counts spread uniformly; use threshold='global' with frozen_distribution="
                 f"{self.frozen_distribution!r}"
             )
-        if self.update_every < 1:
-            raise ConfigError(f"FrozenSLTConfig.update_every must be >= 1, got {self.update_every}")
+
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]

@@ -32,7 +32,7 @@ import hashlib
 
 import numpy as np
 
-from hf_coop.errors import ConfigError
+from ..errors import ConfigError
 
 GAMMA = 0x9E3779B97F4A7C15
 MASK64 = (1 << 64) - 1

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from hf_coop.errors import ConfigError, InputError
-
+from ..errors import ConfigError, InputError
 from . import generator
 from .config import FrozenSLTConfig
 

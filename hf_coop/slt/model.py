@@ -32,9 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hf_coop.errors import ConfigError
-
 from ..config_utils import ArtifactError, fingerprint, local_folder, push_folder_to_hub, render_model_card
+from ..errors import ConfigError
 from .config import FrozenSLTConfig
 from .layer import SUPERMASK_CLASSES, SupermaskLayer, weight_checksum
 
@@ -316,7 +315,8 @@ class FrozenSLTModel(nn.Module):
         weights are not used).
 
         Raises `ArtifactError` when a file is missing, corrupt or truncated, the format is newer, the
-        architecture differs, or the regenerated weights differ from those the ticket was trained on."""
+        manifest's layers are not the model's target layers, the architecture differs, or the regenerated
+        weights differ from those the ticket was trained on; `model` is then left as it was."""
         path = local_folder(path, revision)
         manifest = read_manifest(path)
         for name, expected in manifest["files"].items():
@@ -324,7 +324,39 @@ class FrozenSLTModel(nn.Module):
                 raise ArtifactError(
                     f"{os.path.join(path, name)} does not match its checksum: corrupt or truncated"
                 )
-        slt = cls(model, FrozenSLTConfig.from_pretrained(path))
+        config = FrozenSLTConfig.from_pretrained(path)
+        targets = find_target_modules(model, config)
+        expected = [(entry["name"], entry["shape"]) for entry in manifest["layers"]]
+        found = [(name, list(module.weight.shape)) for name, module in targets]
+        if [n for n, _ in expected] != [n for n, _ in found]:
+            missing = sorted({n for n, _ in found} - {n for n, _ in expected})
+            extra = sorted({n for n, _ in expected} - {n for n, _ in found})
+            raise ArtifactError(
+                f"{os.path.join(path, MANIFEST_FILE)} lists other layers than the model's target layers (model "
+                f"layers not in the manifest: {missing or 'none'}; manifest layers not in the model: "
+                f"{extra or 'none'}): the manifest is incomplete, or the ticket belongs to another architecture"
+            )
+        for (name, saved), (_, got) in zip(expected, found):
+            if saved != got:
+                raise ArtifactError(
+                    f"{path} holds a ticket for another architecture ({manifest['base_model_class']}): layer "
+                    f"{name} is {saved} in the ticket but {got} in the given {type(model).__name__}"
+                )
+        trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+        try:
+            return cls._load_ticket(model, config, manifest, path)
+        except BaseException:
+            for name, module in targets:  # leave the caller's model as it was given
+                model.set_submodule(name, module)
+            for name, p in model.named_parameters():
+                p.requires_grad_(trainable.get(name, p.requires_grad))
+            raise
+
+    @classmethod
+    def _load_ticket(
+        cls, model: nn.Module, config: FrozenSLTConfig, manifest: dict[str, Any], path: str
+    ) -> FrozenSLTModel:
+        slt = cls(model, config)
         if slt.architecture_fingerprint() != manifest["architecture"]:
             raise ArtifactError(
                 f"{path} holds a ticket for another architecture "
@@ -333,11 +365,8 @@ class FrozenSLTModel(nn.Module):
                 f"({slt.architecture_fingerprint()}); load it on the model it was trained on"
             )
         layers = slt.slt_layers()
-        try:
-            ticket = load_file(os.path.join(path, TICKET_FILE))
-            extras = load_file(os.path.join(path, EXTRAS_FILE))
-        except SafetensorError as e:
-            raise ArtifactError(f"{path}: unreadable safetensors file ({e})") from e
+        ticket = _load_safetensors(os.path.join(path, TICKET_FILE))
+        extras = _load_safetensors(os.path.join(path, EXTRAS_FILE))
         for entry in manifest["layers"]:
             layer = layers[entry["name"]]
             if weight_checksum(layer.weight) != entry["weight_sha256"]:
@@ -388,6 +417,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Sizes (compact files vs the dense fp32 checkpoint) and per-layer sparsity of a saved ticket."""
+    path = local_folder(path)
     manifest = read_manifest(path)
     file_bytes = {
         name: os.path.getsize(os.path.join(path, name)) for name in (*CHECKSUMMED_FILES, MANIFEST_FILE)
@@ -416,6 +446,13 @@ def _layer_stats(layer: SupermaskLayer) -> dict[str, Any]:
         "kept": kept,
         "sparsity": 1.0 - kept / numel,
     }
+
+
+def _load_safetensors(file: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"{file} is not a readable safetensors file ({e}): corrupt or truncated") from e
 
 
 def _sha256(file: str | os.PathLike) -> str:

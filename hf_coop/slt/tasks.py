@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_coop.errors import ConfigError
+from ..errors import ConfigError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 

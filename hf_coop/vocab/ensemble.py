@@ -16,6 +16,7 @@ token advances every member. Each step runs one batched forward per member for a
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -23,17 +24,26 @@ from collections.abc import Sequence
 import torch
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from hf_coop.config_utils import ArtifactError, fingerprint, push_folder_to_hub, render_model_card
-from hf_coop.errors import ConfigError
+from hf_coop.config_utils import (
+    ArtifactError,
+    fingerprint,
+    local_folder,
+    model_fingerprint,
+    push_folder_to_hub,
+    render_model_card,
+)
+from hf_coop.errors import ConfigError, InputError
 from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_padded, pad_logprobs
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
-from hf_coop.vocab.mcv import SPLITS, common_vocabulary, resolve_split
+from hf_coop.vocab.mcv import SPLITS, common_vocabulary, resolve_split, unspellable_bytes
 from hf_coop.vocab.prompt_boundary import check_prompt_boundary
 from hf_coop.vocab.reduced_lm import ReducedVocabLM, engine_settings, eos_sub_ids
 from hf_coop.vocab.sub_vocabulary import SubVocabulary
 from hf_coop.vocab.table_cache import tokenizer_fingerprint
 from hf_coop.vocab.tokenizers import CommonVocabTokenizer, PromptError
+
+logger = logging.getLogger(__name__)
 
 MODES = ("mean", "product")
 NEG_INF = float("-inf")
@@ -60,18 +70,28 @@ def check_mode(mode: str) -> str:
 
 def combine(member_logprobs: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
     """Combine members' log-probabilities `(members, rows, vocab)` into one normalised log-distribution per
-    row. mean: log Σ_m w_m p_m; product: Σ_m w_m log p_m, renormalised. Where the product has no support
-    (members that keep disjoint tokens), the mean is used for that row instead of an undefined distribution."""
+    row, over the tokens every member can follow (a token some member gives probability zero would leave that
+    member with no distribution afterwards: a byte outside its alphabet, with no byte fallback). mean:
+    log Σ_m w_m p_m; product: Σ_m w_m log p_m; both renormalised over that common support. A row whose
+    members share no token is refused."""
     weights = weights.to(member_logprobs)
-    mean = torch.logsumexp(member_logprobs + weights.log()[:, None, None], dim=0)
+    shared = torch.isfinite(member_logprobs).all(0)
     if mode == "mean":
-        return mean
-    product = (
-        weights[:, None, None] * member_logprobs.clamp(min=torch.finfo(member_logprobs.dtype).min)
-    ).sum(0)
-    product = torch.where(torch.isfinite(member_logprobs).all(0), product, NEG_INF)
-    total = torch.logsumexp(product, dim=1, keepdim=True)
-    return torch.where(torch.isfinite(total), product - total, mean)
+        combined = torch.logsumexp(member_logprobs + weights.log()[:, None, None], dim=0)
+    else:
+        combined = (
+            weights[:, None, None] * member_logprobs.clamp(min=torch.finfo(member_logprobs.dtype).min)
+        ).sum(0)
+    combined = torch.where(shared, combined, NEG_INF)
+    total = torch.logsumexp(combined, dim=1, keepdim=True)
+    stuck = torch.isfinite(member_logprobs).any(-1).all(0) & ~torch.isfinite(total[:, 0])
+    if bool(stuck.any()):
+        rows = torch.nonzero(stuck)[:, 0].tolist()
+        raise InputError(
+            f"rows {rows}: the members give no next token a positive probability in common (their texts "
+            "diverged onto bytes one member cannot spell); ensemble members whose tokenizers share an alphabet"
+        )
+    return torch.where(torch.isfinite(total), combined - total, combined)
 
 
 def to_ensemble_vocab(logprobs: torch.Tensor, num_text: int, eos: Sequence[int]) -> torch.Tensor:
@@ -103,6 +123,7 @@ class CommonVocabEnsembleConfig(PretrainedConfig):
         mcv_size: int | None = None,
         vocab_size: int = 257,
         tokenizer_fingerprints: list[str] | None = None,
+        model_fingerprints: list[str] | None = None,
         prompt_boundary: str = "tail",
         **kwargs,
     ):
@@ -118,33 +139,50 @@ class CommonVocabEnsembleConfig(PretrainedConfig):
         self.mcv_size = mcv_size
         self.vocab_size = vocab_size
         self.tokenizer_fingerprints = list(tokenizer_fingerprints or [])  # member order
+        self.model_fingerprints = list(model_fingerprints or [])
         self.prompt_boundary = check_prompt_boundary(prompt_boundary)
         super().__init__(**kwargs)
 
 
-def check_member_tokenizers(
-    config: CommonVocabEnsembleConfig, tokenizers: Sequence[PreTrainedTokenizerBase]
+def check_members(
+    config: CommonVocabEnsembleConfig, members: Sequence[tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 ) -> None:
-    """Refuse members whose tokenizers are not the saved ones, in the saved order (weights and names follow
-    the order), naming both fingerprints."""
-    saved = config.tokenizer_fingerprints
-    if not saved:
-        return
-    got = [tokenizer_fingerprint(t) for t in tokenizers]
-    if len(got) != len(saved):
-        raise ArtifactError(f"the ensemble was saved with {len(saved)} members, got {len(got)}")
-    if got == saved:
-        return
-    if sorted(got) == sorted(saved):
+    """Refuse members that are not the saved ones in the saved order (weights and names follow the order):
+    each member's model and tokenizer fingerprints must equal the saved ones, position by position."""
+    for what, saved, got in (
+        ("tokenizer", config.tokenizer_fingerprints, [tokenizer_fingerprint(t) for _, t in members]),
+        ("model", config.model_fingerprints, [model_fingerprint(m) for m, _ in members]),
+    ):
+        if not saved or got == saved:
+            continue
+        if len(got) != len(saved):
+            raise ArtifactError(f"the ensemble was saved with {len(saved)} members, got {len(got)}")
+        if sorted(got) == sorted(saved):
+            raise ArtifactError(
+                f"the members are in another order than saved ({what} fingerprints {got}, saved {saved}); "
+                f"pass them in the saved order: {config.members}"
+            )
+        wrong = next(i for i, (a, b) in enumerate(zip(got, saved)) if a != b)
         raise ArtifactError(
-            f"the members are in another order than saved (tokenizer fingerprints {got}, saved {saved}); "
-            f"pass them in the saved order: {config.members}"
+            f"member {wrong}'s {what} has fingerprint {got[wrong]}, but the ensemble was saved with "
+            f"{saved[wrong]} ({config.members[wrong]}): load the {what} it was saved with"
         )
-    wrong = next(i for i, (a, b) in enumerate(zip(got, saved)) if a != b)
-    raise ArtifactError(
-        f"member {wrong}'s tokenizer has fingerprint {got[wrong]}, but the ensemble was saved with {saved[wrong]} "
-        f"({config.members[wrong]}): load the tokenizer it was saved with"
-    )
+
+
+def _warn_unspellable_bytes(members: Sequence[ReducedVocabLM]) -> None:
+    """Say which single bytes some member cannot spell (no byte fallback): the ensemble never produces them."""
+    if len(members) < 2:
+        return
+    for index, member in enumerate(members):
+        missing = unspellable_bytes(member.nested.table)
+        if missing:
+            logger.warning(
+                "member %d's tokenizer cannot spell %d single bytes (no byte fallback; e.g. %s): the ensemble "
+                "never produces them, and texts holding them cannot be scored",
+                index,
+                len(missing),
+                ", ".join(missing[:8]),
+            )
 
 
 def _check_device(index: int, model: PreTrainedModel) -> None:
@@ -174,6 +212,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
                     f"member {index} is reduced to another sub-vocabulary than member 0; build the ensemble "
                     "with CommonVocabEnsemble.from_models so every member uses the same MCV"
                 )
+        _warn_unspellable_bytes(members)
         self.members = torch.nn.ModuleList(members)
         self.tokenizer = CommonVocabTokenizer([m.tokenizer for m in members])
         self.num_text = self.tokenizer.num_text
@@ -227,6 +266,8 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
         if sub_vocab not in ("mcv", "bytes"):
             raise ConfigError(f"sub_vocab must be 'mcv' or 'bytes', got {sub_vocab!r}")
         check_mode(mode)
+        for index, model in enumerate(models):
+            _check_device(index, model)
         weights = check_weights(weights, len(models))
         settings = engine_settings(settings, None, max_hypotheses, prune_ratio, **engine_options)
         if settings.tokens_per_boundary is not None:
@@ -253,6 +294,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
             mcv_size=len(mcv.strings),
             vocab_size=len(mcv.strings) + 1,
             tokenizer_fingerprints=[tokenizer_fingerprint(t) for t in tokenizers],
+            model_fingerprints=[model_fingerprint(m) for m in models],
             prompt_boundary=prompt_boundary,
         )
         return cls(config, members)
@@ -399,14 +441,19 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
     ) -> CommonVocabEnsemble:
         """Reload a saved ensemble: members from their recorded paths (or given as (model, tokenizer)
         pairs); the rebuilt MCV must match the saved fingerprint. `overrides` change config values."""
-        config = CommonVocabEnsembleConfig.from_pretrained(path)
+        config = CommonVocabEnsembleConfig.from_pretrained(local_folder(path, must_hold="config.json"))
+        if config.model_type != CommonVocabEnsembleConfig.model_type or not config.members:
+            raise ArtifactError(
+                f"{path}/config.json is not a saved CommonVocabEnsemble (model_type {config.model_type!r}, "
+                f"members {config.members}); save one with ensemble.save_pretrained"
+            )
         for key, value in overrides.items():
             setattr(config, key, value)
         if members is None:
             from hf_coop.models import load_model
 
             members = [load_model(name) for name in config.members]
-        check_member_tokenizers(config, [t for _, t in members])
+        check_members(config, members)
         ensemble = cls.from_models(
             [m for m, _ in members],
             [t for _, t in members],

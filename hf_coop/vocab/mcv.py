@@ -131,6 +131,9 @@ class MCVReport:
     dropped_by_closure: int
     special_tokens_excluded: list[int]  # control tokens per tokenizer (never MCV members)
     split: str
+    # per tokenizer, the single bytes no token of it holds (hex): with no byte fallback, characters outside
+    # its alphabet; an ensemble never produces a byte that one of its members cannot spell
+    unspellable_bytes: list[list[str]] = dataclasses.field(default_factory=list)
     mean_bytes_per_token: float | None = None  # over the text's MCV tokens (first member's split)
     original_boundary_agreement: float | None = None  # the original tokenizations, for reference
     boundary_agreement: float | None = None  # |boundaries shared by all| / |boundaries of any|
@@ -139,6 +142,11 @@ class MCVReport:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def unspellable_bytes(table: TokenBytes) -> list[str]:
+    """The single bytes (hex) that no token of `table` holds."""
+    return [f"{b:02x}" for b in range(256) if b not in table.spellable_bytes]
 
 
 def _boundaries(table: TokenBytes, pieces: list[bytes], data: bytes) -> set[int]:
@@ -208,6 +216,7 @@ def maximal_common_vocabulary(
         dropped_by_closure=common - len(mcv.strings),
         special_tokens_excluded=[len(token_bytes(t).special_ids) for t in tokenizers],
         split=split,
+        unspellable_bytes=[unspellable_bytes(token_bytes(t)) for t in tokenizers],
     )
     if text:
         splitter = resolve_split(split, mcv, tokenizers)

@@ -23,8 +23,10 @@ from transformers import (
     PreTrainedTokenizerBase,
     StoppingCriteria,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from hf_coop.errors import ConfigError
+from hf_coop.errors import InputError
+from hf_coop.scoring import check_tokenizer_fits
 from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_padded, pad_logprobs
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
@@ -78,15 +80,6 @@ def eos_sub_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, nest
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     control = nested.control_sub_id
     return sorted({control[i] for i in [tokenizer.eos_token_id, *ids] if i in control})
-
-
-def check_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    head = model.get_output_embeddings()
-    if head is not None and head.weight.shape[0] < len(tokenizer):
-        raise ConfigError(
-            f"the model's output head has {head.weight.shape[0]} rows but the tokenizer has {len(tokenizer)} "
-            "tokens: this tokenizer does not belong to this model"
-        )
 
 
 class MaxNewBytesCriteria(StoppingCriteria):
@@ -155,7 +148,7 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         settings = engine_settings(settings, top_k, max_hypotheses, prune_ratio, **engine_options)
         if isinstance(sub_vocab, str):
             sub_vocab = SubVocabulary.parse(sub_vocab, tokenizer)
-        check_head(model, tokenizer)
+        check_tokenizer_fits(model, tokenizer)
         nested = sub_vocab.nested_table(tokenizer, split=split)
         config = ReducedVocabConfig(
             vocab_size=nested.num_sub_tokens,
@@ -198,6 +191,46 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
             raise PromptError("a prompt is empty; give at least one token (e.g. the BOS token)")
         cache.scheduler.start([(ids, lengths)], [tail_bytes])
 
+    def _language_modelling_loss(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None, labels: torch.LongTensor
+    ) -> CausalLMOutputWithPast:
+        if labels.shape != input_ids.shape:
+            raise InputError(
+                f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}: pass labels "
+                "aligned with input_ids (the shift happens inside), -100 where no loss is wanted"
+            )
+        mask = (
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
+        if not bool(mask.any(1).all()):
+            raise InputError("a row of the attention mask is all zeros: an empty text has no loss")
+        rows = [ids[m] for ids, m in zip(input_ids, mask)]
+        targets = torch.nn.utils.rnn.pad_sequence(
+            [lab[m] for lab, m in zip(labels, mask)], batch_first=True, padding_value=-100
+        )
+        lengths = torch.tensor([len(r) for r in rows])
+        columns = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        cache = self.new_cache()
+        self.start_rows(cache, columns[:, :1], None)
+        steps = [self.row_logprobs(cache)]
+        for t in range(1, columns.shape[1] - 1):
+            cache.scheduler.step([columns[:, t]], active=lengths > t + 1)
+            steps.append(self.row_logprobs(cache))
+        logprobs = torch.stack(steps, dim=1)  # position t: the distribution of sub-token t + 1
+        scored = targets[:, 1 : logprobs.shape[1] + 1].to(logprobs.device)
+        keep = scored != -100
+        if bool((scored[keep] >= logprobs.shape[-1]).any()):
+            raise InputError(f"a label id is >= {logprobs.shape[-1]}, the reduced vocabulary's size")
+        nll = -logprobs.gather(-1, scored.clamp(min=0)[..., None])[..., 0]
+        loss = nll[keep].mean() if bool(keep.any()) else nll.sum() * 0.0
+        logits = torch.zeros(
+            *input_ids.shape, logprobs.shape[-1], dtype=logprobs.dtype, device=logprobs.device
+        )
+        for row, m in enumerate(mask):
+            at = torch.nonzero(m)[:, 0][: logprobs.shape[1]]
+            logits[row, at] = logprobs[row, : len(at)]
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
     def step_rows(self, cache: EngineCache, column: torch.Tensor) -> None:
         cache.scheduler.step([column])
 
@@ -217,9 +250,18 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         original_input_ids: torch.LongTensor | None = None,
         original_attention_mask: torch.Tensor | None = None,
         tail_bytes: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
         **kwargs,
     ):
-        """Next sub-token log-probabilities `(batch, 1, vocab)` after each row (see `engine_forward`)."""
+        """Next sub-token log-probabilities `(batch, 1, vocab)` after each row (see `engine_forward`).
+
+        With `labels` (aligned with `input_ids`, -100 where no loss is wanted, as for any causal LM), the
+        usual language-modelling loss instead: every row is read sub-token by sub-token from its first one,
+        `logits` holds the log-probabilities after each position `(batch, length, vocab)` (zeros at padding)
+        and `loss` is the mean negative log-likelihood of `labels[:, 1:]`: the model's own distribution over
+        sub-token sequences, so `exp(loss)` is its sub-token perplexity."""
+        if labels is not None:
+            return self._language_modelling_loss(input_ids, attention_mask, labels)
         return self.engine_forward(
             input_ids,
             attention_mask,

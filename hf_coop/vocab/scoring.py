@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hf_coop.errors import ConfigError
-from hf_coop.scoring import TextScore, check_text, start_token_id
+from hf_coop.scoring import TextScore, check_text, check_tokenizer_fits, start_token_id, text_token_ids
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.ensemble import CommonVocabEnsemble, check_mode, check_weights, combine
@@ -78,9 +78,7 @@ def _start_prompts(
         ids = torch.full((n_rows, 1), start_token_id(tokenizer))
         return (ids, torch.ones(n_rows, dtype=torch.long)), None
     text, extra = split_utf8(context) if isinstance(context, bytes) else (context, b"")
-    canonical = list(tokenizer(text)["input_ids"])
-    if not canonical or table[canonical[0]] is not None:  # condition on the start token, as without context
-        canonical.insert(0, start_token_id(tokenizer))
+    canonical = [start_token_id(tokenizer)] + text_token_ids(tokenizer, text)
     prefix, tail = PromptSplitter(table, tokenizer.bos_token_id, prompt_boundary).split(canonical, extra)
     ids = torch.tensor([prefix] * n_rows)
     return (ids, torch.full((n_rows,), len(prefix))), torch.tensor(pad_tails([tail] * n_rows))
@@ -104,6 +102,7 @@ def sub_sequence_logprobs(
             "scoring keeps every next token (tokens_per_boundary=None): K-LVR is a decoding algorithm and "
             "cannot score a given text; bound the cost with max_hypotheses / prune_ratio"
         )
+    check_tokenizer_fits(model, tokenizer)
     member = EngineMember(model, nested, settings)
     prompt, tails = _start_prompts(tokenizer, nested.table, len(rows), context, prompt_boundary)
     member.start(*prompt, tails)
@@ -205,7 +204,7 @@ def canonical_sub_sequence_logprob(
     split is that sequence, so canonical <= this <= marginal)."""
     texts = [text] if isinstance(text, str) else list(text)
     data = [check_text(t) for t in texts]
-    rows = [nested.encode_tokens(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    rows = [nested.encode_tokens(text_token_ids(tokenizer, t)) for t in texts]
     settings = _settings(model.dtype, max_hypotheses, prune_ratio, settings)
     scores = sub_sequence_logprobs(model, tokenizer, nested, rows, [len(d) for d in data], settings, progress)
     return scores[0] if isinstance(text, str) else scores
@@ -231,17 +230,15 @@ def ensemble_logprob(
     at the ensemble's `prompt_boundary`."""
     texts = [text] if isinstance(text, str) else list(text)
     data = [check_text(t) for t in texts]
-    first = ensemble.members[0]
-    rows = [
+    # the text as the first member's MCV tokens; every member must be able to spell it (refused by name)
+    ids = [
         [
-            s
-            for s in first.nested.encode_tokens(
-                first.tokenizer.original(t, add_special_tokens=False)["input_ids"]
-            )
-            if s < ensemble.num_text
+            text_token_ids(m.tokenizer.original, t, f"member {i}'s tokenizer ({ensemble.config.members[i]})")
+            for t in texts
         ]
-        for t in texts
+        for i, m in enumerate(ensemble.members)
     ]
+    rows = [ensemble.members[0].nested.encode_tokens(r) for r in ids[0]]
     if mixtures is None:
         mixes = [(torch.tensor(ensemble.weights, dtype=torch.float64), ensemble.config.mode)]
     else:

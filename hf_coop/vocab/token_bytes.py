@@ -67,6 +67,11 @@ class TokenBytes:
         """Every token's bytes, sorted and deduplicated (a prefix test is one binary search)."""
         return sorted({b for b in self.byte_strings if b})
 
+    @cached_property
+    def spellable_bytes(self) -> frozenset[int]:
+        """Byte values that occur in some token: the only bytes a sequence of these tokens can spell."""
+        return frozenset(b for s in self.byte_strings if s for b in s)
+
 
 def spelled_bytes(tokenizer: PreTrainedTokenizerBase, text: str) -> bytes:
     """The bytes that `tokenizer(text)`'s tokens spell: the text after the tokenizer's normalizer and

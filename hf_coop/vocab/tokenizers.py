@@ -30,9 +30,15 @@ def _check_call_options(kwargs: dict[str, Any]) -> None:
         raise PromptError(
             "truncation is not supported: a cut prompt would change what the models condition on"
         )
-    kwargs.pop("return_attention_mask", None)
+    if kwargs.pop("return_attention_mask", True) is False:
+        raise PromptError(
+            "return_attention_mask=False is not supported: the models need the mask to tell padding from text"
+        )
     if kwargs:
-        raise PromptError(f"unsupported tokenizer arguments {sorted(kwargs)}")
+        raise PromptError(
+            f"unsupported tokenizer arguments {sorted(kwargs)} (this tokenizer takes return_tensors, "
+            "add_special_tokens, padding=True and return_attention_mask=True)"
+        )
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[list[list[int]], list[list[int]]]:

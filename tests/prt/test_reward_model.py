@@ -121,3 +121,16 @@ def test_image_classifier_reward_round_trips(tmp_path):
     pixels = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+
+
+def test_a_truncated_weights_file_and_a_mistyped_folder_are_named(tmp_path, tokenizer, source_base):
+    _, path = train_and_save(tmp_path, tokenizer, source_base)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match=r"a weights file \(model.safetensors\) is unreadable .* truncated"):
+        PRTRewardModel.from_pretrained(path)
+    for typo in (str(tmp_path / "rewrad"), "./rewrad"):
+        with pytest.raises(ArtifactError, match="no such folder"):
+            PRTRewardModel.from_pretrained(typo)
+    with pytest.raises(ArtifactError, match="has no prt_config.json"):
+        PRTRewardModel.from_pretrained(tmp_path)

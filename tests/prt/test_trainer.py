@@ -2,6 +2,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from hf_coop.errors import ConfigError, InputError
 from hf_coop.prt import PRTConfig, PRTTrainer, PRTTrainingArguments
 from hf_coop.testing import TINY_TRAINING_TEXTS as TEXTS
 from hf_coop.testing import tiny_causal_lm, tiny_sequence_classifier
@@ -176,3 +177,51 @@ def test_batches_without_labels_are_refused_clearly(tmp_path, tokenizer):
     )
     with pytest.raises(ValueError, match="needs `labels`"):
         trainer.train()
+
+
+def test_labels_shifted_by_the_user_are_refused(tmp_path, tokenizer):
+    """Pre-shifted labels (length L-1) would train against targets off by one more position."""
+    trainer = PRTTrainer(tiny_causal_lm(tokenizer), args=make_args(tmp_path), processing_class=tokenizer)
+    batch = padded_lm_dataset(tokenizer)[:4]
+    inputs = {k: torch.tensor(v) for k, v in batch.items()}
+    inputs["labels"] = inputs["labels"][:, 1:]
+    with pytest.raises(InputError, match=r"labels have shape \(4, \d+\) but input_ids \(4, \d+\).*unshifted"):
+        trainer.compute_loss(trainer.model, inputs)
+
+
+def test_a_batch_without_labelled_tokens_is_skipped_not_nan(tmp_path, tokenizer, caplog):
+    """Every label -100 is 0/0: the batch contributes a zero loss (with a warning), whatever the
+    accumulation count, and the reward's weights do not move."""
+    trainer = PRTTrainer(tiny_causal_lm(tokenizer), args=make_args(tmp_path), processing_class=tokenizer)
+    batch = padded_lm_dataset(tokenizer)[:4]
+    inputs = {k: torch.tensor(v) for k, v in batch.items()}
+    inputs["labels"] = torch.full_like(inputs["labels"], -100)
+    for items in (None, 0, torch.tensor(0)):
+        loss = trainer.compute_loss(trainer.model, inputs, num_items_in_batch=items)
+        assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in trainer.model.parameters())
+    assert "no labelled tokens" in caplog.text
+
+
+def test_a_classifier_base_with_a_causal_lm_config_is_refused(tokenizer):
+    with pytest.raises(ConfigError, match="task_type is 'causal_lm' but the base .* is a classifier"):
+        PRTTrainer(
+            tiny_sequence_classifier(tokenizer),
+            args=PRTTrainingArguments(output_dir="unused", use_cpu=True, report_to=[]),
+            prt_config=PRTConfig(),
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=float("inf")), r"temperature \(λ\) must be a finite number, got inf"),
+        (dict(temperature=0.0), r"temperature \(λ\) must be in \(0.0, inf\]"),
+        (dict(entropy_weight=float("nan")), r"entropy_weight \(α\) must be a finite number, got nan"),
+        (dict(temperature="1"), r"temperature \(λ\) must be a finite number, got '1'"),
+    ],
+)
+def test_prt_config_values_are_checked_where_they_are_set(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        PRTConfig(**kwargs)

@@ -154,14 +154,45 @@ def test_other_architecture_refused(saved, slt_tokenizer):
         FrozenSLTModel.from_pretrained(wider, path)
 
 
-def test_weight_checksum_mismatch_refused(saved, slt_tokenizer):
-    """A manifest whose weight checksums disagree with the regenerated weights (another generator)."""
+def _model_state(model):
+    return {name: type(m).__name__ for name, m in model.named_modules()}, {
+        name: (p.detach().clone(), p.requires_grad) for name, p in model.named_parameters()
+    }
+
+
+def _assert_untouched(model, before):
+    modules, params = _model_state(model)
+    assert modules == before[0]
+    assert params.keys() == before[1].keys()
+    for name, (value, grad) in params.items():
+        assert torch.equal(value, before[1][name][0]) and grad == before[1][name][1], name
+
+
+def test_weight_checksum_mismatch_refused_and_the_model_left_as_given(saved, slt_tokenizer):
+    """A manifest whose weight checksums disagree with the regenerated weights (another generator): refused
+    after the conversion started, and the conversion undone."""
     _, path = saved
     manifest = json.loads((path / MANIFEST_FILE).read_text())
-    manifest["layers"][0]["weight_sha256"] = "0" * 64
+    manifest["layers"][-1]["weight_sha256"] = "0" * 64
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    model = tiny_causal_lm(slt_tokenizer, arch="gpt2")
+    before = _model_state(model)
     with pytest.raises(ArtifactError, match="regenerated weights differ"):
-        FrozenSLTModel.from_pretrained(tiny_causal_lm(slt_tokenizer, arch="gpt2"), path)
+        FrozenSLTModel.from_pretrained(model, path)
+    _assert_untouched(model, before)
+
+
+def test_manifest_missing_a_layer_refused(saved, slt_tokenizer):
+    """A layer left out of the manifest would keep its random initial mask: refused, naming it."""
+    _, path = saved
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    dropped = manifest["layers"].pop(1)["name"]
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    model = tiny_causal_lm(slt_tokenizer, arch="gpt2")
+    before = _model_state(model)
+    with pytest.raises(ArtifactError, match=f"model layers not in the manifest: \\['{dropped}'\\]"):
+        FrozenSLTModel.from_pretrained(model, path)
+    _assert_untouched(model, before)
 
 
 def test_edited_config_refused(saved, slt_tokenizer, tmp_path):

@@ -1,20 +1,36 @@
 import pytest
 
-from hf_coop.config_utils import ArtifactError
+from hf_coop.errors import ArtifactError, ConfigError
 from hf_coop.slt import FrozenSLTConfig
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        dict(sparsity=0.3, pruned_ratio=0.4),  # p > s
-        dict(sparsity=0.8, locked_ratio=0.3),  # s > 1 - r
-        dict(sparsity=1.0),
-        dict(pruned_ratio=-0.1),
+        (dict(sparsity=0.3, pruned_ratio=0.4), "pruned_ratio <= sparsity"),  # p > s
+        (dict(sparsity=0.8, locked_ratio=0.3), "sparsity <= 1 - locked_ratio"),  # s > 1 - r
+        (dict(sparsity=1.0), "0 <= sparsity < 1"),
+        (dict(pruned_ratio=-0.1), r"pruned_ratio must be in \[0.0, inf\], got -0.1"),
     ],
 )
-def test_ratios_must_satisfy_p_le_s_le_1_minus_r(kwargs):
-    with pytest.raises(ValueError, match="sparsity"):
+def test_ratios_must_satisfy_p_le_s_le_1_minus_r(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FrozenSLTConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sparsity="0.5"), "sparsity must be a finite number, got '0.5'"),
+        (dict(sparsity=float("nan")), "sparsity must be a finite number, got nan"),
+        (dict(seed=1.5), "seed must be an integer >= 0, got 1.5"),
+        (dict(update_every=True), "update_every must be an integer >= 1, got True"),
+        (dict(target_modules="("), r"target_modules '\(' is not a valid regular expression"),
+        (dict(target_modules=3), "target_modules must be None, a regex or a list of names"),
+    ],
+)
+def test_types_and_values_are_checked_where_they_are_set(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
         FrozenSLTConfig(**kwargs)
 
 

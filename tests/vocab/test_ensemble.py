@@ -2,13 +2,19 @@
 
 import copy
 import math
+import re
 
 import pytest
 import torch
 from transformers import TextStreamer
 
-from hf_coop.config_utils import ArtifactError
-from hf_coop.testing import rescore_alone, tiny_byte_level_tokenizer, tiny_causal_lm
+from hf_coop.errors import ArtifactError, InputError
+from hf_coop.testing import (
+    rescore_alone,
+    tiny_byte_level_tokenizer,
+    tiny_causal_lm,
+    tiny_sentencepiece_tokenizer,
+)
 from hf_coop.vocab.ensemble import CommonVocabEnsemble, combine, to_ensemble_vocab
 from hf_coop.vocab.mcv import maximal_common_vocabulary, resolve_split
 from hf_coop.vocab.processor import CommonVocabLogitsProcessor
@@ -124,10 +130,19 @@ def test_conditionals_combine_the_members_reduced_conditionals(pair, mode):
     assert torch.allclose(got.exp().sum(-1), torch.ones(len(path) + 1, dtype=torch.float64), atol=1e-12)
 
 
-def test_product_without_common_support_falls_back_to_the_mean():
-    logprobs = torch.tensor([[[0.0, -math.inf]], [[-math.inf, 0.0]]], dtype=torch.float64)
+@pytest.mark.parametrize("mode", ["mean", "product"])
+def test_combine_keeps_only_tokens_every_member_can_follow(mode):
+    """A token one member gives probability zero (a byte outside its alphabet) would leave it without a
+    distribution: both modes renormalise over the common support, and no common support is refused."""
+    half = math.log(0.5)
+    logprobs = torch.tensor([[[half, half, -math.inf]], [[-math.inf, half, half]]], dtype=torch.float64)
     weights = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    torch.testing.assert_close(combine(logprobs, weights, "product"), combine(logprobs, weights, "mean"))
+    torch.testing.assert_close(
+        combine(logprobs, weights, mode), torch.tensor([[-math.inf, 0.0, -math.inf]], dtype=torch.float64)
+    )
+    disjoint = torch.tensor([[[0.0, -math.inf]], [[-math.inf, 0.0]]], dtype=torch.float64)
+    with pytest.raises(InputError, match=r"rows \[0\].*no next token a positive probability in common"):
+        combine(disjoint, weights, mode)
 
 
 def test_generate_features_work(pair):
@@ -281,3 +296,68 @@ def test_real_pair_processor_equals_model_form_and_weights_select_a_member():
     )
     expected = tokenizers[0].decode(plain[0, len(tokenizers[0](prompt)["input_ids"]) :])
     assert ensemble.tokenizer.decode(smol).startswith(expected[:8])
+
+
+def test_members_sharing_a_tokenizer_reloaded_in_another_order_are_refused(tmp_path, byte_level_tokenizer):
+    """Two models with one tokenizer: only the models' own fingerprints tell the order (the weights and
+    names follow it), so a swapped reload is refused, not silently mixed up."""
+    first, second = (tiny_causal_lm(byte_level_tokenizer, seed=s, dtype=torch.float64) for s in (0, 1))
+    ensemble = build([first, second], [byte_level_tokenizer] * 2, weights=(3, 1), names=["first", "second"])
+    ensemble.save_pretrained(tmp_path / "ens")
+    with pytest.raises(ArtifactError, match=r"another order than saved \(model fingerprints"):
+        CommonVocabEnsemble.from_pretrained(
+            tmp_path / "ens", members=[(second, byte_level_tokenizer), (first, byte_level_tokenizer)]
+        )
+    same = CommonVocabEnsemble.from_pretrained(
+        tmp_path / "ens", members=[(first, byte_level_tokenizer), (second, byte_level_tokenizer)]
+    )
+    assert greedy_text(same, PROMPTS[0]) == greedy_text(ensemble, PROMPTS[0])
+
+
+def test_folders_that_hold_no_ensemble_are_named(tmp_path):
+    with pytest.raises(ArtifactError, match="no such folder: .*typo"):
+        CommonVocabEnsemble.from_pretrained(str(tmp_path / "typo"))
+    with pytest.raises(ArtifactError, match="has no config.json"):
+        CommonVocabEnsemble.from_pretrained(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def without_byte_fallback(byte_level_tokenizer):
+    """A byte-level member and one whose tokenizer has no byte fallback (characters outside its alphabet
+    become <unk>)."""
+    sentencepiece = tiny_sentencepiece_tokenizer(byte_fallback=False)
+    models = [
+        tiny_causal_lm(sentencepiece, seed=1, dtype=torch.float64),
+        tiny_causal_lm(byte_level_tokenizer, dtype=torch.float64),
+    ]
+    return models, [sentencepiece, byte_level_tokenizer]
+
+
+def test_characters_a_member_cannot_spell_are_refused_not_scored_as_eos(without_byte_fallback, caplog):
+    models, tokenizers = without_byte_fallback
+    _, report = maximal_common_vocabulary(*tokenizers)
+    assert len(report.unspellable_bytes[0]) > 100 and report.unspellable_bytes[1] == []
+    ensemble = build(models, tokenizers, max_hypotheses=4)
+    assert "member 0's tokenizer cannot spell" in caplog.text
+    for order, member in (
+        (ensemble, "member 0"),
+        (build(models[::-1], tokenizers[::-1], max_hypotheses=4), "member 1"),
+    ):
+        for char in ["漢", "字", "😀"]:
+            with pytest.raises(
+                InputError, match=f"{member}.* cannot spell the characters {re.escape(str([char]))}"
+            ):
+                ensemble_logprob(order, f"a {char} b")
+    assert ensemble_logprob(ensemble, "a b").nats < 0
+
+
+@pytest.mark.parametrize("mode", ["mean", "product"])
+def test_an_ensemble_never_generates_a_byte_one_member_cannot_spell(without_byte_fallback, mode):
+    models, tokenizers = without_byte_fallback
+    ensemble = build(models, tokenizers, mode=mode, max_hypotheses=4)
+    allowed = set(ensemble.members[0].nested.table.spellable_bytes)
+    enc = ensemble.tokenizer(["The quick", "It is"], return_tensors="pt")
+    torch.manual_seed(0)
+    out = ensemble.generate(**enc, max_new_tokens=12, do_sample=True, temperature=2.0, num_return_sequences=3)
+    for row in out[:, enc["input_ids"].shape[1] :]:
+        assert set(ensemble.tokenizer.decode_bytes(row)) <= allowed

@@ -6,12 +6,13 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TextStreamer
 
+from hf_coop.errors import InputError
 from hf_coop.scoring import start_token_id
 from hf_coop.testing import rescore_alone, tiny_causal_lm
 from hf_coop.vocab.engine.scheduler import ZeroProbabilityError
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.reduced_lm import ReducedVocabLM
-from hf_coop.vocab.scoring import prefix_logprob
+from hf_coop.vocab.scoring import prefix_logprob, sub_sequence_logprobs
 from hf_coop.vocab.sub_vocabulary import SubVocabulary, SubVocabularyError
 from hf_coop.vocab.token_bytes import token_bytes
 from hf_coop.vocab.tokenizers import PromptError
@@ -329,3 +330,66 @@ def test_max_new_bytes_budget_stops_on_text_length(byte_level_tokenizer):
     assert stop in reduced.nested.decode(ids.tolist())
     assert stop not in reduced.nested.decode(ids[:-1].tolist())
     assert text.startswith(reduced.nested.decode(ids.tolist()))
+
+
+@pytest.mark.parametrize("sub_vocab", ["bytes", "max-bytes:3"])
+def test_labels_give_the_language_modelling_loss_batched_as_alone(sentencepiece_tokenizer, sub_vocab):
+    """`reduced(ids, labels=ids).loss` is the mean -log p(sub-token | the ones before) over the labels: times
+    the count it equals the exact log-probability of the sub-tokens after BOS (scored on its own path), and
+    a batch of mixed lengths gives each row what it gets alone."""
+    model = tiny_causal_lm(sentencepiece_tokenizer, dtype=torch.float64)
+    reduced = exact(model, sentencepiece_tokenizer, sub_vocab)
+    texts = ["It is", "é a", "The qu"]
+    batch = reduced.tokenizer(texts, return_tensors="pt")
+    out = reduced(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["input_ids"]
+    )
+    total, count = 0.0, 0
+    for text in texts:
+        ids = reduced.tokenizer(text, return_tensors="pt")["input_ids"]
+        bos = len(reduced.nested.sub_strings) + reduced.nested.control_token_ids.index(
+            sentencepiece_tokenizer.bos_token_id
+        )
+        assert ids[0, 0] == bos
+        alone = reduced(input_ids=ids, labels=ids)
+        (oracle,) = sub_sequence_logprobs(
+            model, sentencepiece_tokenizer, reduced.nested, [ids[0, 1:].tolist()], [1], reduced.settings
+        )
+        n = ids.shape[1] - 1
+        assert alone.loss.item() * n == pytest.approx(-oracle.nats, abs=1e-6)
+        total, count = total + alone.loss.item() * n, count + n
+    assert out.loss.item() == pytest.approx(total / count, abs=1e-6)
+    assert out.logits.shape == (*batch["input_ids"].shape, reduced.config.vocab_size)
+    masked = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    masked[:, :3] = -100  # a prompt left out of the loss, as in supervised fine-tuning
+    partial = reduced(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=masked)
+    assert partial.loss.item() != pytest.approx(out.loss.item())
+    with pytest.raises(InputError, match=r"labels have shape \(3, \d+\) but input_ids"):
+        reduced(input_ids=batch["input_ids"], labels=batch["input_ids"][:, 1:])
+
+
+def test_tokenizer_options_are_honoured_or_refused(byte_level_tokenizer):
+    reduced = ReducedVocabLM.from_model(tiny_causal_lm(byte_level_tokenizer), byte_level_tokenizer, "bytes")
+    assert (
+        reduced.tokenizer(["a", "abcdef"], padding=True, return_attention_mask=True)["attention_mask"][0][0]
+        == 0
+    )
+    for kwargs, message in [
+        (dict(truncation=True, max_length=2), "truncation is not supported"),
+        (dict(padding="max_length", max_length=6), "padding='max_length' is not supported"),
+        (dict(return_attention_mask=False), "return_attention_mask=False is not supported"),
+        (dict(max_length=6), r"unsupported tokenizer arguments \['max_length'\]"),
+    ]:
+        with pytest.raises(PromptError, match=message):
+            reduced.tokenizer("abc", **kwargs)
+
+
+def test_empty_rows_and_texts_past_the_positions_are_refused(byte_level_tokenizer):
+    reduced = ReducedVocabLM.from_model(tiny_causal_lm(byte_level_tokenizer), byte_level_tokenizer, "bytes")
+    batch = reduced.tokenizer(["abc", "de"], return_tensors="pt")
+    batch["attention_mask"][1] = 0
+    with pytest.raises(InputError, match=r"rows \[1\] of the attention mask are all zeros"):
+        reduced.generate(**batch, max_new_tokens=2)
+    reduced.original.config.max_position_embeddings = 8
+    with pytest.raises(InputError, match="past the model's 8 positions"):
+        reduced.generate(**reduced.tokenizer("It is a truth", return_tensors="pt"), max_new_tokens=4)

@@ -13,7 +13,7 @@ from transformers import GenerationMixin
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from hf_coop.errors import ConfigError
+from hf_coop.errors import ConfigError, InputError
 from hf_coop.vocab.engine.scheduler import Scheduler
 
 
@@ -93,6 +93,12 @@ class EngineGenerationMixin(GenerationMixin):
         finished rows: padding only). With a started `cache`, only the columns it has not seen are consumed."""
         cache = self.new_cache() if cache is None else cache
         if not cache.scheduler.started:
+            if attention_mask is not None and not bool(attention_mask.bool().any(1).all()):
+                rows = torch.nonzero(~attention_mask.bool().any(1))[:, 0].tolist()
+                raise InputError(
+                    f"rows {rows} of the attention mask are all zeros: empty prompts; give every row at least "
+                    "one token (e.g. the BOS token)"
+                )
             self.start_rows(cache, input_ids, attention_mask, **prompt)
         else:
             for column in input_ids[:, cache.seen :].unbind(1):

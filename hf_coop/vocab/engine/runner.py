@@ -26,7 +26,8 @@ import os
 import torch
 from transformers import PreTrainedModel
 
-from hf_coop.errors import ConfigError, CoopError, log_normalizer
+from hf_coop.errors import ConfigError, CoopError, InputError, log_normalizer
+from hf_coop.scoring import max_positions
 from hf_coop.vocab.engine.kv import FULL, SLIDING, TreeKV
 from hf_coop.vocab.engine.settings import EngineSettings
 
@@ -100,6 +101,7 @@ class TransformersRunner:
         self.store: TreeKV | None = None
         self.device = model.device  # read once: a model's `device` walks its parameters
         self.model_dtype = model.dtype if model.dtype.is_floating_point else torch.float32
+        self.max_positions = max_positions(config)
 
     def _mask_argument(self, masks: dict[str, torch.Tensor]):
         if len(self.layer_types) == 1:
@@ -109,6 +111,11 @@ class TransformersRunner:
     def _call(self, view, input_ids, masks, positions, keep: torch.Tensor | None):
         """Logits of the last position of each row (`keep` None), or `[n, vocab]` for the positions where the
         bool grid `keep` is True (row-major): the output head never runs on padding."""
+        if self.max_positions is not None and int(positions.max()) >= self.max_positions:
+            raise InputError(
+                f"a history reaches position {int(positions.max())}, past the model's {self.max_positions} "
+                "positions (config.max_position_embeddings): give shorter prompts or fewer new tokens"
+            )
         kwargs = {self.cache_kwarg: view, "use_cache": True}
         if self.keeps_logits:
             kwargs["logits_to_keep"] = 1 if keep is None else keep

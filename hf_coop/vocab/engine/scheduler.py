@@ -22,6 +22,11 @@ from hf_coop.vocab.engine.runner import TransformersRunner
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.sub_vocabulary import NestedTable
 
+# The exact recursion refuses to hold more live hypotheses per member than this, or than keeps their
+# next-token distributions within EXACT_DISTRIBUTION_BYTES: a text's tokenizations grow exponentially with its
+# length (byte-fallback twins double them at every byte), and so would memory.
+EXACT_HYPOTHESES_LIMIT = 8192
+EXACT_DISTRIBUTION_BYTES = 1 << 30
 PREFETCH_PER_ROW = 2  # most histories a generating row evaluates ahead in one forward's padding
 
 
@@ -48,6 +53,11 @@ class EngineMember:
         self.eos = torch.zeros(nested.num_sub_tokens, dtype=torch.bool, device=self.runner.device)
         self.eos[list(eos_sub_ids)] = True
         self.ends_rows = bool(eos_sub_ids)  # a member without end-of-sequence sub-tokens never ends a row
+        self.exact_limit = (
+            None
+            if settings.prunes
+            else min(EXACT_HYPOTHESES_LIMIT, EXACT_DISTRIBUTION_BYTES // (4 * nested.vocab_size))
+        )
         self.cover: CoverBatch | None = None
         self.back_ups = 0  # times a row's text left every kept hypothesis and held-back ones were evaluated
         self._compacted_length = 0
@@ -108,6 +118,12 @@ class EngineMember:
                 cover.finish_rows(ended)
                 active &= ~ended
         births, failed = cover.narrow(sub, active)
+        if self.exact_limit is not None and len(cover.hyps) > self.exact_limit:
+            raise InputError(
+                f"the exact recursion holds {len(cover.hyps)} live hypotheses (every tokenization of the text so "
+                "far; their number grows exponentially with its length); pass max_hypotheses (e.g. 64) and "
+                "prune_ratio (e.g. 1e-6) for a bracketed value, or give shorter texts"
+            )
         births = self._set_aside(births, evaluate)
         self._evaluate(births, prefetch=self.settings.prefetch)
         for row in torch.nonzero(failed, as_tuple=True)[0].tolist():
@@ -175,12 +191,7 @@ class EngineMember:
         while True:
             taken = cover.take_held_back(row)
             if taken is None:
-                sub = tokens[-1]
-                raise ZeroProbabilityError(
-                    f"sub-token {sub} ({self.nested.sub_token_bytes(sub)!r}) has probability zero under the "
-                    "hypotheses kept at this step; raise tokens_per_boundary / max_hypotheses / backtrack, or "
-                    "use the exact settings (None)"
-                )
+                raise ZeroProbabilityError(self._zero_probability_message(row, tokens))
             births, step = taken
             self.back_ups += 1
             cover.steps[row] = step
@@ -196,6 +207,23 @@ class EngineMember:
                 self._evaluate(self._set_aside(new, evaluate) if last else new, prefetch=False)
             else:
                 return
+
+    def _zero_probability_message(self, row: int, tokens: list[int]) -> str:
+        sub = tokens[-1]
+        where = (
+            f"row {row}'s sub-token {sub} ({self.nested.sub_token_bytes(sub)!r}), after "
+            f"{sum(len(self.nested.sub_token_bytes(t)) for t in tokens[:-1])} bytes,"
+        )
+        if self.settings.tokens_per_boundary is None and not self.settings.prunes:
+            return (
+                f"{where} has probability zero under the exact recursion: no sequence of the model's tokens "
+                "spells these bytes (a character outside its tokenizer's alphabet, with no byte fallback)"
+            )
+        return (
+            f"{where} has probability zero under the hypotheses kept at this step; raise "
+            "tokens_per_boundary / max_hypotheses / backtrack, or use the exact settings (None); if those fail "
+            "too, the model's tokens cannot spell these bytes"
+        )
 
     def _housekeeping(self) -> None:
         """Reclaim KV slots and candidate entries that no live history needs."""

@@ -5,12 +5,11 @@ it, so a reloaded model decodes exactly as the saved one did."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
 
-from hf_coop.errors import ConfigError
+from hf_coop.errors import ConfigError, check_int, check_real
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -42,24 +41,13 @@ class EngineSettings:
     prefetch: bool = True
 
     def __post_init__(self):
-        for name in ("tokens_per_boundary", "max_hypotheses"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-        if isinstance(self.prune_ratio, bool) or not isinstance(self.prune_ratio, int | float):
-            raise ConfigError(f"prune_ratio must be a number in [0, 1), got {self.prune_ratio!r}")
-        if not (math.isfinite(self.prune_ratio) and 0.0 <= self.prune_ratio < 1.0):
+        check_int("tokens_per_boundary", self.tokens_per_boundary, minimum=1, optional=True)
+        check_int("max_hypotheses", self.max_hypotheses, minimum=1, optional=True)
+        check_real("prune_ratio", self.prune_ratio, low=0.0)
+        if self.prune_ratio >= 1.0:
             raise ConfigError(f"prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
-        for name in ("backtrack", "max_batch"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < (0 if name == "backtrack" else 1)
-            ):
-                raise ConfigError(
-                    f"{name} must be an integer >= {0 if name == 'backtrack' else 1}, got {value!r}"
-                )
+        check_int("backtrack", self.backtrack, minimum=0)
+        check_int("max_batch", self.max_batch, minimum=1)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 

@@ -127,7 +127,9 @@ def test_a_truncated_weights_file_and_a_mistyped_folder_are_named(tmp_path, toke
     _, path = train_and_save(tmp_path, tokenizer, source_base)
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(ArtifactError, match=r"a weights file \(model.safetensors\) is unreadable .* truncated"):
+    with pytest.raises(
+        ArtifactError, match=r"a weights file \(model.safetensors\) is unreadable .* truncated"
+    ):
         PRTRewardModel.from_pretrained(path)
     for typo in (str(tmp_path / "rewrad"), "./rewrad"):
         with pytest.raises(ArtifactError, match="no such folder"):

@@ -210,6 +210,11 @@ def canonical_sub_sequence_logprob(
     return scores[0] if isinstance(text, str) else scores
 
 
+def member_name(ensemble: CommonVocabEnsemble, index: int, what: str) -> str:
+    name = ensemble.config.members[index]
+    return f"member {index}'s {what}" + (f" ({name})" if name else "")
+
+
 @torch.no_grad()
 def ensemble_logprob(
     ensemble: CommonVocabEnsemble,
@@ -232,10 +237,7 @@ def ensemble_logprob(
     data = [check_text(t) for t in texts]
     # the text as the first member's MCV tokens; every member must be able to spell it (refused by name)
     ids = [
-        [
-            text_token_ids(m.tokenizer.original, t, f"member {i}'s tokenizer ({ensemble.config.members[i]})")
-            for t in texts
-        ]
+        [text_token_ids(m.tokenizer.original, t, member_name(ensemble, i, "tokenizer")) for t in texts]
         for i, m in enumerate(ensemble.members)
     ]
     rows = [ensemble.members[0].nested.encode_tokens(r) for r in ids[0]]

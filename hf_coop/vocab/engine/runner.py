@@ -114,7 +114,7 @@ class TransformersRunner:
         if self.max_positions is not None and int(positions.max()) >= self.max_positions:
             raise InputError(
                 f"a history reaches position {int(positions.max())}, past the model's {self.max_positions} "
-                "positions (config.max_position_embeddings): give shorter prompts or fewer new tokens"
+                "positions (its config's max_position_embeddings): give shorter prompts or fewer new tokens"
             )
         kwargs = {self.cache_kwarg: view, "use_cache": True}
         if self.keeps_logits:

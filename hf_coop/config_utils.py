@@ -4,21 +4,16 @@ vocabulary or architecture it belongs to, so a mismatched load is refused instea
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
-from string import Template
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from hf_coop.artefacts import local_folder
 from hf_coop.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
@@ -119,95 +114,3 @@ def model_fingerprint(model) -> str:
 def labels_fingerprint(id2label: dict[int, str]) -> str:
     """Identifies a classifier's label set and order."""
     return fingerprint(sorted((int(k), str(v)) for k, v in id2label.items()))
-
-
-def render_model_card(template_name: str, **fields: Any) -> str:
-    """Fill a `model_cards/<template_name>` template (`$name` placeholders) shipped with the package."""
-    text = resources.files("hf_coop.model_cards").joinpath(template_name).read_text(encoding="utf-8")
-    return Template(text).substitute({k: str(v) for k, v in fields.items()})
-
-
-def push_folder_to_hub(
-    save_pretrained: Callable[[str], Any],
-    repo_id: str,
-    commit_message: str = "Upload with hf_coop",
-    private: bool | None = None,
-    token: str | bool | None = None,
-    revision: str | None = None,
-    create_pr: bool = False,
-):
-    """Save an artefact into a temporary folder with `save_pretrained` and upload that folder as one
-    commit, model card included (transformers' `push_to_hub` would replace README.md with a generic card)."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    with tempfile.TemporaryDirectory() as folder:
-        save_pretrained(folder)
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message=commit_message,
-            revision=revision,
-            create_pr=create_pr,
-        )
-
-
-@contextlib.contextmanager
-def reading_weights(folder: str | os.PathLike):
-    """Turn an unreadable safetensors file met while loading `folder` into an `ArtifactError` naming it."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except SafetensorError as e:
-        names = sorted(p.name for p in Path(folder).glob("*.safetensors")) if os.path.isdir(folder) else []
-        raise ArtifactError(
-            f"{folder}: a weights file ({', '.join(names) or 'safetensors'}) is unreadable ({e}): it is corrupt or "
-            "truncated; save or download it again"
-        ) from e
-
-
-def looks_local(path: str | os.PathLike) -> bool:
-    """True for what can only be a local path, never a Hub repo id ("name" or "namespace/name")."""
-    text = os.fspath(path)
-    return (
-        os.path.isabs(text)
-        or text.startswith((".", "~"))
-        or text.count("/") > 1
-        or os.sep in text.replace("/", "")
-        or os.path.exists(text)
-    )
-
-
-def local_folder(
-    path_or_repo_id: str | os.PathLike,
-    revision: str | None = None,
-    must_hold: str | None = None,
-    **download: Any,
-) -> str:
-    """The one resolver for artefacts and models: a local folder as is; a Hub repo id downloaded (or taken from
-    the cache) as a snapshot (`download`: snapshot_download's cache_dir, token, local_files_only). A path that
-    can only be local and is not a folder is refused as "no such folder", never sent to the Hub. With
-    `must_hold`, a folder without that file is refused, naming both."""
-    text = os.fspath(path_or_repo_id)
-    if os.path.isdir(text):
-        folder = text
-    elif looks_local(text):
-        raise ArtifactError(
-            f"no such folder: {text}" + (" (it is a file; give its folder)" if os.path.isfile(text) else "")
-        )
-    else:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HFValidationError
-
-        try:
-            folder = snapshot_download(text, revision=revision, **download)
-        except (HFValidationError, OSError) as e:
-            raise ArtifactError(
-                f"{text} is not a local folder, and as a Hub repo id it could not be fetched ({e}); check the "
-                "path, or the repo id and your connection (HF_HUB_OFFLINE=1 allows only cached repos)"
-            ) from e
-    if must_hold is not None and not os.path.isfile(os.path.join(folder, must_hold)):
-        raise ArtifactError(f"{text} has no {must_hold}: it is not a saved artefact of this kind")
-    return folder

@@ -7,7 +7,10 @@ written against those keeps working.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CoopError(Exception):
@@ -34,6 +37,8 @@ def log_normalizer(logits: torch.Tensor, who: str) -> torch.Tensor:
     """logsumexp over the last axis, refusing rows without a distribution: any NaN, any +inf (fp16
     overflow), or every entry -inf. A row that passes has a finite normaliser, so `logits - normaliser`
     is a proper log-distribution (single -inf entries are masked tokens and fine)."""
+    import torch
+
     normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)
     if not bool(torch.isfinite(normalizer).all()):
         raise NonFiniteLogitsError(
@@ -46,6 +51,8 @@ def log_normalizer(logits: torch.Tensor, who: str) -> torch.Tensor:
 def check_finite(logits: torch.Tensor, who: str, allow_neg_inf: bool = False) -> None:
     """Refuse NaN and +inf logits (and -inf unless `allow_neg_inf`), naming the model that produced them;
     for raw model outputs, where even one -inf means an overflow."""
+    import torch
+
     bad = torch.isnan(logits) | (logits == float("inf"))
     if not allow_neg_inf:
         bad |= logits == float("-inf")

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from hf_coop.config_utils import looks_local, reading_weights
+from hf_coop.artefacts import looks_local, reading_weights
 from hf_coop.errors import ArtifactError
 
 

@@ -29,7 +29,7 @@ def sentencepiece_tokenizer():
 @pytest.fixture
 def mock_hub(monkeypatch):
     """Stand-in for the Hub: `create_repo` answers locally and `upload_folder` records the uploaded files
-    (name -> bytes, plus "repo_id"), so push_to_hub is tested without the network."""
+    (relative path -> bytes, plus "repo_id"), so push_to_hub is tested without the network."""
     from pathlib import Path
 
     import huggingface_hub
@@ -40,7 +40,10 @@ def mock_hub(monkeypatch):
         return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+        folder = Path(folder_path)
+        uploaded.update(
+            {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        )
         uploaded["repo_id"] = repo_id
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from transformers import TrainingArguments
 
 from ..config_utils import CoopConfig
 from ..errors import ConfigError, check_int, check_real
 
-TaskType = Literal["causal_lm", "classification"]
 TASK_TYPES: tuple[str, ...] = ("causal_lm", "classification")
 
 
@@ -63,6 +62,20 @@ class PRTConfig(CoopConfig):
         if self.id2label is None:
             return None
         return [self.id2label[str(i)] for i in range(len(self.id2label))]
+
+
+@dataclasses.dataclass
+class PRTModelConfig(CoopConfig):
+    """Saved by `PRTModel.save_pretrained` (`prt_model.json`): the new base by id or folder and fingerprint;
+    λ and the vocabulary size used at inference. The reward is saved beside it, in `reward/`."""
+
+    config_name: ClassVar[str] = "prt_model.json"
+    format_version: ClassVar[int] = 1
+
+    new_base_name_or_path: str | None = None
+    new_base_fingerprint: str | None = None
+    temperature: float = 1.0
+    vocab_size: int | None = None
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@ strategy, beam search included) or one classifier."""
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import torch
@@ -12,11 +13,22 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
-from ..config_utils import ArtifactError
+from ..artefacts import (
+    atomic_save,
+    local_folder,
+    push_folder_to_hub,
+    render_model_card,
+    verify_folder,
+    write_manifest,
+)
+from ..config_utils import ArtifactError, model_fingerprint
 from ..errors import ConfigError, check_finite
+from .config import PRTConfig, PRTModelConfig
 from .core import pad_vocab, prt_log_probs
 from .processors import _unwrap_reward
 from .reward_model import PRTRewardModel
+
+REWARD_FOLDER = "reward"
 
 
 class PRTCache(Cache):
@@ -63,6 +75,7 @@ class PRTModel(PreTrainedModel, GenerationMixin):
         reward, self.temperature, self.vocab_size = _unwrap_reward(
             reward_model, temperature, vocab_size, tokenizer
         )
+        self.reward_config = reward_model.prt_config if isinstance(reward_model, PRTRewardModel) else None
         self.new_base = new_base
         self.reward = reward
         self.generation_config = copy.deepcopy(new_base.generation_config)
@@ -74,6 +87,72 @@ class PRTModel(PreTrainedModel, GenerationMixin):
             raise ArtifactError(
                 f"output heads {heads} do not cover the reward's {self.vocab_size}-token vocabulary"
             )
+
+    # -- saving ------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write `prt_model.json` (the new base's id and fingerprint, λ, vocabulary size) and the reward in
+        `reward/`, atomically with a manifest; never the new base's weights."""
+        if not self.new_base.name_or_path:
+            raise ConfigError(
+                "the new base has no name or path to record; save it first (new_base.save_pretrained(folder)) and "
+                "build the PRTModel on the reloaded model, or set new_base.name_or_path"
+            )
+        config = PRTModelConfig(
+            new_base_name_or_path=self.new_base.name_or_path,
+            new_base_fingerprint=model_fingerprint(self.new_base),
+            temperature=self.temperature,
+            vocab_size=self.vocab_size,
+        )
+        reward_config = self.reward_config or PRTConfig(
+            temperature=self.temperature, vocab_size=self.vocab_size
+        )
+        with atomic_save(save_directory, type(self).__name__) as staging:
+            config.save_pretrained(staging)
+            PRTRewardModel(self.reward, reward_config)._save_pretrained(staging / REWARD_FOLDER)
+            write_manifest(staging / REWARD_FOLDER, PRTRewardModel.__name__)
+            card = render_model_card(
+                "prt_model.md",
+                new_base=config.new_base_name_or_path,
+                temperature=config.temperature,
+                vocab_size=config.vocab_size,
+                fingerprint=config.new_base_fingerprint,
+            )
+            (staging / "README.md").write_text(card, encoding="utf-8")
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any):
+        """Upload the saved folder as one commit (`push_folder_to_hub` arguments)."""
+        return push_folder_to_hub(self.save_pretrained, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args: Any,
+        new_base: PreTrainedModel | None = None,
+        tokenizer=None,
+        revision: str | None = None,
+        **kwargs: Any,
+    ) -> PRTModel:
+        """Rebuild a saved PRT model: the new base from its recorded id (or `new_base`, already loaded, checked
+        against the saved fingerprint) and the reward from `reward/`."""
+        folder = local_folder(pretrained_model_name_or_path, revision, must_hold=PRTModelConfig.config_name)
+        verify_folder(folder, cls.__name__)
+        config = PRTModelConfig.from_pretrained(folder)
+        if new_base is None:
+            from ..models import load_model
+
+            new_base, loaded_tokenizer = load_model(config.new_base_name_or_path)
+            tokenizer = tokenizer or loaded_tokenizer
+        if (
+            config.new_base_fingerprint is not None
+            and model_fingerprint(new_base) != config.new_base_fingerprint
+        ):
+            raise ArtifactError(
+                f"the new base has fingerprint {model_fingerprint(new_base)}, but {folder} was saved with "
+                f"{config.new_base_fingerprint} ({config.new_base_name_or_path}): pass the base it was built on"
+            )
+        reward = PRTRewardModel.from_pretrained(os.path.join(folder, REWARD_FOLDER), tokenizer=tokenizer)
+        return cls(new_base, reward, config.temperature, config.vocab_size, tokenizer=tokenizer)
 
     def new_cache(self) -> PRTCache:
         return PRTCache(DynamicCache(config=self.new_base.config), DynamicCache(config=self.reward.config))

@@ -12,15 +12,15 @@ import torch
 from huggingface_hub import ModelHubMixin
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
 
-from ..config_utils import (
-    ArtifactError,
-    labels_fingerprint,
+from ..artefacts import (
+    atomic_save,
     local_folder,
     looks_local,
     reading_weights,
     render_model_card,
-    vocab_fingerprint,
+    verify_folder,
 )
+from ..config_utils import ArtifactError, labels_fingerprint, vocab_fingerprint
 from .config import PRTConfig
 
 MODEL_CARD_TEMPLATE = "prt_reward_model.md"
@@ -152,6 +152,18 @@ class PRTRewardModel(
         """Raise `ArtifactError` unless `tokenizer` / `id2label` is the reward's own output space."""
         check_output_space(self.prt_config, tokenizer=tokenizer, id2label=id2label, who=who)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write the reward (weights or adapter), `prt_config.json` and the card atomically, with a manifest;
+        `push_to_hub=True, repo_id=...` uploads the same folder afterwards (huggingface_hub's arguments)."""
+        push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
+        kwargs.pop("config", None)
+        kwargs.pop("model_card_kwargs", None)
+        with atomic_save(save_directory, type(self).__name__) as staging:
+            self._save_pretrained(staging)
+        if push:
+            return self.push_to_hub(repo_id or Path(save_directory).name, **kwargs)
+        return None
+
     def _save_pretrained(self, save_directory: Path) -> None:
         self.model.save_pretrained(save_directory)
         write_reward_metadata(save_directory, self.prt_config)
@@ -193,6 +205,7 @@ class PRTRewardModel(
             token=token,
             local_files_only=local_files_only,
         )
+        verify_folder(path, cls.__name__)
         config = PRTConfig.from_pretrained(path)
         if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
             from peft import PeftModel

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
+from ..artefacts import write_manifest
 from ..errors import ConfigError, InputError, check_finite
 from .config import PRTConfig, PRTTrainingArguments
 from .core import prt_log_probs, reward_entropy
@@ -173,12 +174,14 @@ class PRTTrainer(Trainer):
         super().log(logs, start_time)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the reward (weights or adapter), the tokenizer, `prt_config.json` and the model card."""
+        """Save the reward (weights or adapter), the tokenizer, `prt_config.json`, the model card and a manifest
+        of their checksums (Trainer writes the files in place, under DDP/FSDP from the main process, so this
+        save is checksummed but not atomic; `PRTRewardModel.save_pretrained` is both)."""
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save:
-            write_reward_metadata(
-                output_dir or self.args.output_dir, self.prt_config, self._training_summary()
-            )
+            folder = output_dir or self.args.output_dir
+            write_reward_metadata(folder, self.prt_config, self._training_summary())
+            write_manifest(folder, "PRTRewardModel", top_level_only=True)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """The PRT card instead of Trainer's generic one (used by `push_to_hub`)."""

@@ -24,6 +24,7 @@ import math
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config_utils import ArtifactError, fingerprint, local_folder, push_folder_to_hub, render_model_card
+from ..artefacts import atomic_save, local_folder, push_folder_to_hub, render_model_card, verify_folder
+from ..config_utils import ArtifactError, fingerprint
 from ..errors import ConfigError
 from .config import FrozenSLTConfig
 from .layer import SUPERMASK_CLASSES, SupermaskLayer, weight_checksum
@@ -264,8 +266,13 @@ class FrozenSLTModel(nn.Module):
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> dict[str, Any]:
-        """Write the compact ticket (see the module docstring); returns `inspect_checkpoint`'s report."""
-        os.makedirs(save_directory, exist_ok=True)
+        """Write the compact ticket (see the module docstring), atomically; returns `inspect_checkpoint`'s
+        report."""
+        with atomic_save(save_directory, type(self).__name__) as staging:
+            self._write_ticket(staging)
+        return inspect_checkpoint(save_directory)
+
+    def _write_ticket(self, save_directory: Path) -> None:
         self.slt_config.save_pretrained(save_directory)
         layers = self.slt_layers()
         ticket = {
@@ -298,9 +305,7 @@ class FrozenSLTModel(nn.Module):
         with open(os.path.join(save_directory, MANIFEST_FILE), "w", encoding="utf-8") as f:
             json.dump(manifest, f, separators=(",", ":"))
         report = inspect_checkpoint(save_directory)
-        with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
-            f.write(_model_card(self.slt_config, report))
-        return report
+        (save_directory / "README.md").write_text(_model_card(self.slt_config, report), encoding="utf-8")
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload the compact ticket and its card (`push_folder_to_hub` arguments: commit_message,
@@ -318,6 +323,7 @@ class FrozenSLTModel(nn.Module):
         manifest's layers are not the model's target layers, the architecture differs, or the regenerated
         weights differ from those the ticket was trained on; `model` is then left as it was."""
         path = local_folder(path, revision)
+        verify_folder(path, cls.__name__)
         manifest = read_manifest(path)
         for name, expected in manifest["files"].items():
             if _sha256(os.path.join(path, name)) != expected:

@@ -22,16 +22,17 @@ import os
 from collections.abc import Sequence
 
 import torch
-from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
-
-from hf_coop.config_utils import (
-    ArtifactError,
-    fingerprint,
-    local_folder,
-    model_fingerprint,
-    push_folder_to_hub,
-    render_model_card,
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
+
+from hf_coop.artefacts import atomic_save, local_folder, push_folder_to_hub, render_model_card, verify_folder
+from hf_coop.config_utils import ArtifactError, fingerprint, model_fingerprint
 from hf_coop.errors import ConfigError, InputError
 from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_padded, pad_logprobs
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
@@ -409,10 +410,13 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
     # -- saving ------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Write the small config (members by path, weights, mode, K, MCV fingerprint) and a model card;
-        never the members' weights, which stay where their paths point."""
-        os.makedirs(save_directory, exist_ok=True)
-        self.config.save_pretrained(save_directory)
-        card = render_model_card(
+        never the members' weights, which stay where their paths point. Saved atomically, with a manifest."""
+        with atomic_save(save_directory, type(self).__name__) as staging:
+            self.config.save_pretrained(staging)
+            (staging / "README.md").write_text(self._model_card(), encoding="utf-8")
+
+    def _model_card(self) -> str:
+        return render_model_card(
             "ensemble.md",
             members="\n".join(
                 f"| {i} | `{n}` | {w:.3f} |"
@@ -424,8 +428,6 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
             mcv_size=self.config.mcv_size,
             fingerprint=self.config.mcv_fingerprint,
         )
-        with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload the config and the rendered card (`push_folder_to_hub` arguments: commit_message, private,
@@ -437,18 +439,28 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
         cls,
         path: str | os.PathLike,
         members: Sequence[tuple[PreTrainedModel, PreTrainedTokenizerBase]] | None = None,
-        **overrides,
+        *,
+        revision: str | None = None,
+        weights: Sequence[float] | None = None,
+        mode: str | None = None,
+        prompt_boundary: str | None = None,
+        **auto_kwargs,  # what `AutoModelForCausalLM.from_pretrained` passes on (config, hub arguments): unused
     ) -> CommonVocabEnsemble:
         """Reload a saved ensemble: members from their recorded paths (or given as (model, tokenizer)
-        pairs); the rebuilt MCV must match the saved fingerprint. `overrides` change config values."""
-        config = CommonVocabEnsembleConfig.from_pretrained(local_folder(path, must_hold="config.json"))
+        pairs); the rebuilt MCV must match the saved fingerprint. `weights`, `mode` and `prompt_boundary`
+        override the saved values. `AutoModelForCausalLM.from_pretrained(folder)` comes here too."""
+        overrides = {"weights": weights, "mode": mode, "prompt_boundary": prompt_boundary}
+        folder = local_folder(path, revision, must_hold="config.json")
+        verify_folder(folder, cls.__name__)
+        config = CommonVocabEnsembleConfig.from_pretrained(folder)
         if config.model_type != CommonVocabEnsembleConfig.model_type or not config.members:
             raise ArtifactError(
                 f"{path}/config.json is not a saved CommonVocabEnsemble (model_type {config.model_type!r}, "
                 f"members {config.members}); save one with ensemble.save_pretrained"
             )
         for key, value in overrides.items():
-            setattr(config, key, value)
+            if value is not None:
+                setattr(config, key, value)
         if members is None:
             from hf_coop.models import load_model
 
@@ -499,3 +511,7 @@ def load_ensemble(
         names,
         prompt_boundary=prompt_boundary,
     )
+
+
+AutoConfig.register(CommonVocabEnsembleConfig.model_type, CommonVocabEnsembleConfig, exist_ok=True)
+AutoModelForCausalLM.register(CommonVocabEnsembleConfig, CommonVocabEnsemble, exist_ok=True)

@@ -15,8 +15,14 @@ every step runs one batched forward of the original model for all rows and hypot
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     GenerationConfig,
     PretrainedConfig,
     PreTrainedModel,
@@ -25,18 +31,24 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from hf_coop.errors import InputError
+from hf_coop.artefacts import atomic_save, local_folder, push_folder_to_hub, render_model_card, verify_folder
+from hf_coop.config_utils import model_fingerprint
+from hf_coop.errors import ArtifactError, ConfigError, InputError
 from hf_coop.scoring import check_tokenizer_fits
 from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_padded, pad_logprobs
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
 from hf_coop.vocab.engine.settings import EngineSettings
 from hf_coop.vocab.prompt_boundary import check_prompt_boundary
 from hf_coop.vocab.sub_vocabulary import NestedTable, SubVocabulary
+from hf_coop.vocab.table_cache import tokenizer_fingerprint
 from hf_coop.vocab.tokenizers import PromptError, ReducedVocabTokenizer
+
+SUB_VOCABULARY_FILE = "sub_vocabulary.json"
 
 
 class ReducedVocabConfig(PretrainedConfig):
-    """The sub-vocabulary, the engine settings, the prompt boundary and the nested table's fingerprint."""
+    """The base model by id or folder, the sub-vocabulary, the engine settings, the prompt boundary and the
+    fingerprints of the base model, its tokenizer and the nested table (checked when reloaded)."""
 
     model_type = "hf_coop_reduced_vocab"
 
@@ -48,8 +60,14 @@ class ReducedVocabConfig(PretrainedConfig):
         engine: dict | None = None,
         nested_fingerprint: str | None = None,
         prompt_boundary: str = "tail",
+        base_model_name_or_path: str | None = None,
+        base_model_fingerprint: str | None = None,
+        tokenizer_fingerprint: str | None = None,
         **kwargs,
     ):
+        self.base_model_name_or_path = base_model_name_or_path
+        self.base_model_fingerprint = base_model_fingerprint
+        self.tokenizer_fingerprint = tokenizer_fingerprint
         self.vocab_size = vocab_size
         self.sub_vocab = sub_vocab
         self.split = split
@@ -157,8 +175,97 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
             engine=settings.to_dict(),
             nested_fingerprint=nested.fingerprint(),
             prompt_boundary=prompt_boundary,
+            base_model_name_or_path=model.name_or_path or None,
+            base_model_fingerprint=model_fingerprint(model),
+            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         )
         return cls(config, model, ReducedVocabTokenizer(tokenizer, nested, prompt_boundary))
+
+    # -- saving ------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Write the config (with the base model's id and fingerprints), the sub-vocabulary's strings and a
+        model card, atomically with a manifest; never the base model's weights."""
+        if self.config.split == "custom":
+            raise ConfigError(
+                "a reduction with a custom split function cannot be saved; use split='merges' or 'longest'"
+            )
+        if not self.config.base_model_name_or_path:
+            raise ConfigError(
+                "the base model has no name or path to record; save it first (model.save_pretrained(folder)) and "
+                "reduce the reloaded model, or set model.name_or_path"
+            )
+        with atomic_save(save_directory, type(self).__name__) as staging:
+            self.config.save_pretrained(staging)
+            strings = sorted(s.hex() for s in self.nested.sub_strings)
+            (staging / SUB_VOCABULARY_FILE).write_text(
+                json.dumps({"name": self.config.sub_vocab, "strings": strings}), encoding="utf-8"
+            )
+            (staging / "README.md").write_text(self._model_card(), encoding="utf-8")
+
+    def _model_card(self) -> str:
+        return render_model_card(
+            "reduced_vocab.md",
+            base_model=self.config.base_model_name_or_path,
+            sub_vocab=self.config.sub_vocab,
+            sub_tokens=self.config.vocab_size,
+            split=self.config.split,
+            prompt_boundary=self.config.prompt_boundary,
+            engine=json.dumps(self.config.engine),
+            fingerprint=self.config.nested_fingerprint,
+        )
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the saved folder (config, sub-vocabulary, card, manifest) as one commit (`push_folder_to_hub`
+        arguments); the base model stays where its recorded id points."""
+        return push_folder_to_hub(self.save_pretrained, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args,
+        model: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        revision: str | None = None,
+        **kwargs,  # what `AutoModelForCausalLM.from_pretrained` passes on (config, hub arguments): unused
+    ) -> ReducedVocabLM:
+        """Rebuild a saved reduction: the base from its recorded id (or `model` / `tokenizer`, already loaded),
+        checked against the saved fingerprints, reduced to the saved sub-vocabulary with the saved settings.
+        `AutoModelForCausalLM.from_pretrained(folder)` comes here too."""
+        folder = local_folder(pretrained_model_name_or_path, revision, must_hold=SUB_VOCABULARY_FILE)
+        verify_folder(folder, cls.__name__)
+        config = ReducedVocabConfig.from_pretrained(folder)
+        if model is None or tokenizer is None:
+            from hf_coop.models import load_model
+
+            loaded_model, loaded_tokenizer = load_model(config.base_model_name_or_path)
+            model, tokenizer = model or loaded_model, tokenizer or loaded_tokenizer
+        for what, saved, got in (
+            ("base model", config.base_model_fingerprint, model_fingerprint(model)),
+            ("tokenizer", config.tokenizer_fingerprint, tokenizer_fingerprint(tokenizer)),
+        ):
+            if saved is not None and saved != got:
+                raise ArtifactError(
+                    f"the {what} has fingerprint {got}, but {folder} was saved with {saved} "
+                    f"({config.base_model_name_or_path}): pass the {what} it was reduced from"
+                )
+        data = json.loads(Path(folder, SUB_VOCABULARY_FILE).read_text(encoding="utf-8"))
+        sub_vocab = SubVocabulary(frozenset(bytes.fromhex(s) for s in data["strings"]), data["name"])
+        reduced = cls.from_model(
+            model,
+            tokenizer,
+            sub_vocab,
+            split=config.split,
+            settings=EngineSettings.from_dict(config.engine),
+            prompt_boundary=config.prompt_boundary,
+        )
+        if reduced.config.nested_fingerprint != config.nested_fingerprint:
+            raise ArtifactError(
+                f"{folder}: the rebuilt nested table ({reduced.config.nested_fingerprint}) is not the saved one "
+                f"({config.nested_fingerprint}); the tokenizer or hf_coop's split changed since it was saved"
+            )
+        reduced.config.base_model_name_or_path = config.base_model_name_or_path
+        return reduced
 
     # -- the engine --------------------------------------------------------------------------------------
     def new_cache(self) -> EngineCache:
@@ -270,3 +377,7 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
             original_attention_mask=original_attention_mask,
             tail_bytes=tail_bytes,
         )
+
+
+AutoConfig.register(ReducedVocabConfig.model_type, ReducedVocabConfig, exist_ok=True)
+AutoModelForCausalLM.register(ReducedVocabConfig, ReducedVocabLM, exist_ok=True)

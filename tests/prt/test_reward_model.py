@@ -4,6 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from hf_coop.artefacts import MANIFEST_FILE, write_manifest
 from hf_coop.config_utils import ArtifactError, vocab_fingerprint
 from hf_coop.prt import PRTConfig, PRTModel, PRTRewardModel, PRTTrainer, PRTTrainingArguments
 from hf_coop.testing import tiny_causal_lm, tiny_sentencepiece_tokenizer, tiny_sequence_classifier
@@ -78,6 +79,9 @@ def test_folder_with_foreign_config_is_refused(tmp_path, tokenizer, source_base)
     config = json.loads((path / "prt_config.json").read_text())
     config["vocab_fingerprint"] = vocab_fingerprint(tiny_sentencepiece_tokenizer())
     (path / "prt_config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="prt_config.json does not match its checksum"):
+        PRTRewardModel.from_pretrained(path)
+    write_manifest(path, "PRTRewardModel", top_level_only=True)  # files mixed by hand, then re-signed
     with pytest.raises(ArtifactError, match="tokenizer saved in"):
         PRTRewardModel.from_pretrained(path)
 
@@ -127,6 +131,9 @@ def test_a_truncated_weights_file_and_a_mistyped_folder_are_named(tmp_path, toke
     _, path = train_and_save(tmp_path, tokenizer, source_base)
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match=r"model.safetensors does not match its checksum"):
+        PRTRewardModel.from_pretrained(path)
+    (path / MANIFEST_FILE).unlink()  # a folder from before manifests: the reader still names the file
     with pytest.raises(
         ArtifactError, match=r"a weights file \(model.safetensors\) is unreadable .* truncated"
     ):

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from hf_coop.artefacts import write_manifest
 from hf_coop.config_utils import ArtifactError
 from hf_coop.slt import FrozenSLTConfig, FrozenSLTModel, apply_frozen_slt, inspect_checkpoint
 from hf_coop.slt.model import EXTRAS_FILE, MANIFEST_FILE, TICKET_FILE
@@ -138,11 +139,17 @@ def test_truncated_manifest_refused(saved, slt_tokenizer):
         FrozenSLTModel.from_pretrained(tiny_causal_lm(slt_tokenizer, arch="gpt2"), path)
 
 
+def _resign(path, manifest):
+    """Write an edited ticket manifest and re-sign the folder, as a consistent but foreign ticket would be."""
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    write_manifest(path, "FrozenSLTModel")
+
+
 def test_newer_format_version_refused(saved, slt_tokenizer):
     _, path = saved
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     manifest["format_version"] = 2
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    _resign(path, manifest)
     with pytest.raises(ArtifactError, match="format version"):
         FrozenSLTModel.from_pretrained(tiny_causal_lm(slt_tokenizer, arch="gpt2"), path)
 
@@ -174,7 +181,7 @@ def test_weight_checksum_mismatch_refused_and_the_model_left_as_given(saved, slt
     _, path = saved
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     manifest["layers"][-1]["weight_sha256"] = "0" * 64
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    _resign(path, manifest)
     model = tiny_causal_lm(slt_tokenizer, arch="gpt2")
     before = _model_state(model)
     with pytest.raises(ArtifactError, match="regenerated weights differ"):
@@ -187,7 +194,7 @@ def test_manifest_missing_a_layer_refused(saved, slt_tokenizer):
     _, path = saved
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     dropped = manifest["layers"].pop(1)["name"]
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    _resign(path, manifest)
     model = tiny_causal_lm(slt_tokenizer, arch="gpt2")
     before = _model_state(model)
     with pytest.raises(ArtifactError, match=f"model layers not in the manifest: \\['{dropped}'\\]"):

@@ -120,7 +120,9 @@ def engine_greedy(model, prompts, n_bytes, suppress_eos=False, **kwargs):
 
 
 def reduced_rows(model, tokenizer, batches, n_bytes) -> tuple[list[str], dict]:
-    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1, prompt_boundary="canonical")
+    reduced = ReducedVocabLM.from_model(
+        model, tokenizer, "max-bytes:3", tokens_per_boundary=1, prompt_boundary="canonical"
+    )
     table = token_bytes(tokenizer)
     counter = Forwards(model)
     rows, facts = [], {}

@@ -20,9 +20,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from benchmarks.assets import wikipedia_prose
 from benchmarks.corpus import held_out_passages
 from benchmarks.results import write_section
-from hf_coop.assets import wikipedia_prose
 from hf_coop.models import load_model
 from hf_coop.scoring import canonical_logprob
 from hf_coop.vocab.ensemble import CommonVocabEnsemble

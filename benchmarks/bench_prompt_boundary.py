@@ -120,7 +120,7 @@ def main() -> None:
         outs = {
             mode: continuations(
                 ReducedVocabLM.from_model(
-                    model, tokenizer, "original", top_k=1, prompt_boundary=mode, **PRUNED
+                    model, tokenizer, "original", tokens_per_boundary=1, prompt_boundary=mode, **PRUNED
                 ),
                 probes,
                 6,
@@ -153,7 +153,7 @@ def main() -> None:
     }
     for mode in MODES:
         reduced = ReducedVocabLM.from_model(
-            model, tokenizer, "original", top_k=1, prompt_boundary=mode, **PRUNED
+            model, tokenizer, "original", tokens_per_boundary=1, prompt_boundary=mode, **PRUNED
         )
         systems[f'`prompt_boundary="{mode}"`'] = lambda r=reduced: continuations(r, texts, args.new_tokens)
     rows = []
@@ -191,7 +191,7 @@ def main() -> None:
     costs = {}
     for mode in MODES:
         reduced = ReducedVocabLM.from_model(
-            model, tokenizer, "original", top_k=1, prompt_boundary=mode, **PRUNED
+            model, tokenizer, "original", tokens_per_boundary=1, prompt_boundary=mode, **PRUNED
         )
         enc = reduced.tokenizer(long_prompts, return_tensors="pt")
         cache = reduced.new_cache()

@@ -36,7 +36,7 @@ from corpus import HELD_OUT_SKIP  # noqa: E402
 from gsm import is_correct, problems  # noqa: E402
 from results import write_section  # noqa: E402
 
-from hf_coop.assets import kjv_text, wikipedia_prose  # noqa: E402
+from benchmarks.assets import kjv_text, wikipedia_prose  # noqa: E402
 from hf_coop.models import load_model  # noqa: E402
 from hf_coop.prt import (  # noqa: E402
     EFTLogitsProcessor,
@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> str:
     def alone(model):
         return ([model], lambda s: torch.log_softmax(s[..., :vocab].float(), -1))
 
-    def prt(temperature: float, base=new_base):
-        return ([base, reward], lambda s, r: prt_log_probs(s, r, temperature, vocab))
+    def prt(reward_scale: float, base=new_base):
+        return ([base, reward], lambda s, r: prt_log_probs(s, r, reward_scale, vocab))
 
     def proxy(alpha: float):
         return (

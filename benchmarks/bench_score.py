@@ -13,8 +13,8 @@ import time
 
 import torch
 
+from benchmarks.assets import wikipedia_prose
 from benchmarks.results import write_section
-from hf_coop.assets import wikipedia_prose
 from hf_coop.models import load_model
 from hf_coop.scoring import canonical_logprob, start_token_id
 

@@ -107,7 +107,7 @@ def generation_rows(name, model, tokenizer, gen_bytes) -> list[str]:
         _accumulate(totals["plain"], time.perf_counter() - start, len(plain_bytes), len(new), len(new))
         for label, k in REDUCED_GENERATORS.items():
             reduced = ReducedVocabLM.from_model(
-                model, tokenizer, "max-bytes:3", top_k=k, max_hypotheses=None if k == 1 else 16
+                model, tokenizer, "max-bytes:3", tokens_per_boundary=k, max_hypotheses=None if k == 1 else 16
             )
             renc = reduced.tokenizer(prompt, return_tensors="pt")
             width = renc["input_ids"].shape[1]

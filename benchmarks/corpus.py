@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hf_coop.assets import wikipedia_prose
+from benchmarks.assets import wikipedia_prose
 
 HELD_OUT_SKIP = 100_000  # bytes of the prose kept away from everything that trains or tunes
 

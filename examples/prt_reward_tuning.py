@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             use_cpu=True,
             disable_tqdm=args.fast,
         ),
-        prt_config=PRTConfig(temperature=1.0, base_model_name_or_path="tiny-llama-old"),
+        prt_config=PRTConfig(reward_scale=1.0, base_model_name_or_path="tiny-llama-old"),
         processing_class=tokenizer,
         train_dataset=train,
     )

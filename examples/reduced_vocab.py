@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model, tokenizer = load_model(args.model)
 
-    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1)
+    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", tokens_per_boundary=1)
     inputs = reduced.tokenizer(args.prompt, return_tensors="pt")
     out = reduced.generate(**inputs, max_new_tokens=30, do_sample=False)
     reduced_text = reduced.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -74,16 +74,22 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
     file = Path(folder) / MANIFEST_FILE
     if not file.is_file():
         return None
+    return read_versioned_json(file, MANIFEST_FORMAT_VERSION)
+
+
+def read_versioned_json(file: str | os.PathLike, newest_version: int) -> dict[str, Any]:
+    """A JSON file hf_coop wrote with a `format_version`; a corrupt file or a newer version is refused, named."""
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{file} is not valid JSON ({e}): the save was corrupted or truncated") from e
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > MANIFEST_FORMAT_VERSION:
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{file} is not valid JSON ({e}); the file is corrupt or truncated") from e
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if not isinstance(version, int) or version > newest_version:
         raise ArtifactError(
-            f"{file} has format version {version!r}, newer than this hf_coop reads; upgrade it"
+            f"{file} has format version {version!r}; this hf_coop reads up to {newest_version}. Upgrade hf_coop: "
+            "pip install -U hf-coop"
         )
-    return manifest
+    return data
 
 
 def verify_folder(folder: str | os.PathLike, artefact: str | None = None) -> dict[str, Any] | None:

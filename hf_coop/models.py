@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import os
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -134,3 +135,8 @@ def load_model(
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+def bundled_passage() -> str:
+    """The short English passage shipped with the package (the demo's text, the tiny tokenizers' corpus)."""
+    return resources.files("hf_coop").joinpath("data/passage.txt").read_text(encoding="utf-8")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from importlib import resources
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -23,6 +22,7 @@ from transformers import (
 )
 
 from hf_coop.errors import ConfigError
+from hf_coop.models import bundled_passage  # noqa: F401  (tests and examples take it from here too)
 
 TINY_CORPUS_EXTRA = [
     "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ( ) [ ] { }",
@@ -47,11 +47,6 @@ _CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def bundled_passage() -> str:
-    """The short English passage shipped with the package (demo text and tiny-tokenizer corpus)."""
-    return resources.files("hf_coop").joinpath("data/passage.txt").read_text(encoding="utf-8")
 
 
 def tiny_corpus() -> list[str]:

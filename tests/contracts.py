@@ -118,3 +118,119 @@ class ArtefactContract:
         loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
         assert type(loaded) is type(artefact)
         torch.testing.assert_close(self.outputs(loaded), self.outputs(artefact), rtol=0, atol=0)
+
+
+class GenerationContract:
+    """`generate` as transformers users run it, on every generative artefact type: greedy rows of a batch equal
+    each row alone (duplicates, prefixes, mixed lengths), a reused model samples as a fresh one, beam scores equal
+    a rescoring of the returned sequences, streamers and stopping criteria see what is generated."""
+
+    PROMPTS = ["It is a truth", "It is", "It is a truth", "The quick brown fox"]
+    NEW_TOKENS = 5
+
+    def model(self, tmp_path: Path):
+        raise NotImplementedError
+
+    def encode(self, model, prompts: list[str]) -> dict:
+        return model.tokenizer(prompts, return_tensors="pt")
+
+    def rescore(self, model, prompt: str, tokens: list[int]) -> float:
+        """log p(tokens | prompt) with a fresh state."""
+        from hf_coop.testing import rescore_alone
+
+        rows = rescore_alone(model, self.encode(model, [prompt]), tokens)
+        return sum(float(rows[i, t]) for i, t in enumerate(tokens[: len(rows)]))
+
+    def _new(self, model, inputs, out):
+        return out[:, inputs["input_ids"].shape[1] :]
+
+    def test_greedy_rows_of_a_batch_equal_each_row_alone(self, tmp_path):
+        model = self.model(tmp_path)
+        inputs = self.encode(model, self.PROMPTS)
+        batch = self._new(
+            model, inputs, model.generate(**inputs, max_new_tokens=self.NEW_TOKENS, do_sample=False)
+        )
+        for row, prompt in enumerate(self.PROMPTS):
+            alone_inputs = self.encode(model, [prompt])
+            alone = self._new(
+                model,
+                alone_inputs,
+                model.generate(**alone_inputs, max_new_tokens=self.NEW_TOKENS, do_sample=False),
+            )
+            assert batch[row, : alone.shape[1]].tolist() == alone[0].tolist(), prompt
+
+    def test_a_reused_model_samples_as_a_fresh_one(self, tmp_path):
+        model = self.model(tmp_path)
+        inputs = self.encode(model, self.PROMPTS[:2])
+        runs = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            runs.append(
+                model.generate(
+                    **inputs, max_new_tokens=self.NEW_TOKENS, do_sample=True, num_return_sequences=2
+                )
+            )
+        assert runs[0].shape[0] == 4 and torch.equal(runs[0], runs[1])
+
+    def test_beam_scores_equal_a_rescoring_of_the_sequences(self, tmp_path):
+        model = self.model(tmp_path)
+        prompt = self.PROMPTS[0]
+        inputs = self.encode(model, [prompt])
+        out = model.generate(
+            **inputs,
+            max_new_tokens=self.NEW_TOKENS,
+            num_beams=3,
+            num_return_sequences=2,
+            length_penalty=0.0,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        eos = model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        pad = model.generation_config.pad_token_id
+        for row, sequence in enumerate(out.sequences):
+            tokens = sequence[inputs["input_ids"].shape[1] :].tolist()
+            while tokens and tokens[-1] == pad and pad not in eos:
+                tokens.pop()
+            assert float(out.sequences_scores[row]) == pytest.approx(
+                self.rescore(model, prompt, tokens), abs=1e-4
+            )
+
+    def test_streamers_and_stopping_criteria_see_the_generated_tokens(self, tmp_path):
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        class Collect(BaseStreamer):
+            def __init__(self):
+                self.chunks = []
+
+            def put(self, value):
+                self.chunks.append(value.flatten().tolist())
+
+            def end(self):
+                self.ended = True
+
+        class AfterTwo(StoppingCriteria):
+            def __init__(self, width):
+                self.width = width
+
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full(
+                    (input_ids.shape[0],), input_ids.shape[1] - self.width >= 2, dtype=torch.bool
+                )
+
+        model = self.model(tmp_path)
+        inputs = self.encode(model, self.PROMPTS[:1])
+        streamer = Collect()
+        width = inputs["input_ids"].shape[1]
+        out = model.generate(
+            **inputs,
+            max_new_tokens=self.NEW_TOKENS,
+            do_sample=False,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([AfterTwo(width)]),
+        )
+        assert out.shape[1] == width + 2 and streamer.ended
+        assert streamer.chunks[0] == inputs["input_ids"][0].tolist()
+        assert [t for chunk in streamer.chunks[1:] for t in chunk] == out[0, width:].tolist()

@@ -28,7 +28,9 @@ class TestReducedVocabLM(ArtefactContract):
         base, tokenizer = saved_model_folder(
             tiny_causal_lm(tiny_byte_level_tokenizer()), tiny_byte_level_tokenizer(), tmp_path / "base"
         )
-        return ReducedVocabLM.from_model(base, tokenizer, "max-bytes:2", top_k=None if variant == 0 else 3)
+        return ReducedVocabLM.from_model(
+            base, tokenizer, "max-bytes:2", tokens_per_boundary=None if variant == 0 else 3
+        )
 
     def load(self, folder):
         return ReducedVocabLM.from_pretrained(folder)
@@ -95,7 +97,8 @@ class TestPRTModel(ArtefactContract):
             tmp_path / "new",
         )
         reward = PRTRewardModel(
-            tiny_causal_lm(tokenizer, seed=2), PRTConfig(temperature=0.5 + variant, vocab_size=len(tokenizer))
+            tiny_causal_lm(tokenizer, seed=2),
+            PRTConfig(reward_scale=0.5 + variant, vocab_size=len(tokenizer)),
         )
         return PRTModel(new_base, reward, tokenizer=tokenizer)
 
@@ -116,9 +119,19 @@ class TestFrozenSLTModel(ArtefactContract):
         )
 
     def load(self, folder):
-        return FrozenSLTModel.from_pretrained(
-            tiny_causal_lm(tiny_byte_level_tokenizer(), arch="gpt2", seed=9), folder
-        )
+        return FrozenSLTModel.from_pretrained(folder)  # the ticket rebuilds the architecture it records
+
+    def test_a_ticket_loads_on_a_given_model_too_and_a_torch_module_needs_one(self, tmp_path):
+        ticket = self.build(tmp_path)
+        ticket.save_pretrained(tmp_path / "saved")
+        given = tiny_causal_lm(tiny_byte_level_tokenizer(), arch="gpt2", seed=9)
+        loaded = FrozenSLTModel.from_pretrained(given, tmp_path / "saved")
+        assert loaded.base_model is given
+        torch.testing.assert_close(self.outputs(loaded), self.outputs(ticket), rtol=0, atol=0)
+        module = apply_frozen_slt(torch.nn.Sequential(torch.nn.Linear(4, 4)), FrozenSLTConfig())
+        module.save_pretrained(tmp_path / "module")
+        with pytest.raises(ArtifactError, match="saved from a plain torch module .* pass it"):
+            FrozenSLTModel.from_pretrained(tmp_path / "module")
 
     def outputs(self, artefact):
         return _logits(artefact, tiny_byte_level_tokenizer())

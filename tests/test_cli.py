@@ -1,6 +1,6 @@
 import json
 
-from hf_coop.cli import main
+from hf_coop.commands import main
 
 
 def _tiny_model_folder(tmp_path, tokenizer):
@@ -43,7 +43,7 @@ def test_score_marginal_and_sub_vocab(tmp_path, capsys, byte_level_tokenizer):
                 "--json",
                 "--sub-vocab",
                 "max-bytes:3",
-                "--top-k",
+                "--max-hypotheses",
                 "0",
                 "--prune-ratio",
                 "0",
@@ -75,3 +75,19 @@ def test_a_mistyped_local_path_is_no_such_folder_in_every_command(tmp_path, caps
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "no such folder" in err and "Repo id" not in err, (argv, err)
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
+    """After `pip install hf-coop` without extras, a subcommand that needs one says which to install."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_sklearn)
+    assert main(["slt", "train", "--task", "digits", "--output", "unused", "--epochs", "1"]) == 2
+    assert "pip install 'hf-coop[slt]'" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def test_missing_demo_package_names_the_install_command(monkeypatch, tmp_path):
     "name,expected", [("smollm2-135m-instruct", " Paris"), ("gemma-3-270m", " the capital")]
 )
 def test_demo_models_load_and_answer(name, expected):
-    from hf_coop.demo import greedy_continuation
+    from hf_coop.commands.demo import greedy_continuation
 
     model, tokenizer = load_model(name)
     assert name in DEMO_MODELS

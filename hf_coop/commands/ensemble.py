@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from hf_coop.vocab.engine.settings import BOUNDED_MAX_HYPOTHESES, BOUNDED_PRUNE_RATIO
 from hf_coop.vocab.ensemble import MODES, CommonVocabEnsemble, load_ensemble
 from hf_coop.vocab.mcv import SPLITS
 from hf_coop.vocab.prompt_boundary import PROMPT_BOUNDARIES
@@ -21,10 +22,29 @@ def add_ensemble_arguments(p: argparse.ArgumentParser, flag: str = "--model") ->
     p.add_argument(
         "--mode", choices=MODES, default="mean", help="mean of probabilities or product of experts"
     )
-    p.add_argument("--k", type=int, default=8, help="hypotheses kept per member and step (0: no cap, exact)")
-    p.add_argument("--prune-ratio", type=float, default=1e-4, help="drop hypotheses lighter than this × best")
+    add_bound_arguments(p)
     p.add_argument("--split", choices=SPLITS, default="common", help="how members split tokens into the MCV")
     add_prompt_boundary_argument(p)
+
+
+def add_bound_arguments(p: argparse.ArgumentParser) -> None:
+    """`--max-hypotheses` and `--prune-ratio`, named and defaulted as in the library (`EngineSettings`)."""
+    p.add_argument(
+        "--max-hypotheses",
+        "--k",
+        "--top-k",
+        dest="max_hypotheses",
+        type=int,
+        default=BOUNDED_MAX_HYPOTHESES,
+        help="live hypotheses kept per model and row (0: no cap, exact and possibly slow; --k and --top-k are "
+        "old names)",
+    )
+    p.add_argument(
+        "--prune-ratio",
+        type=float,
+        default=BOUNDED_PRUNE_RATIO,
+        help="drop hypotheses lighter than this fraction of the heaviest; the dropped mass is reported",
+    )
 
 
 def add_prompt_boundary_argument(p: argparse.ArgumentParser) -> None:
@@ -42,7 +62,7 @@ def ensemble_from_args(args: argparse.Namespace, default: Sequence[str]) -> Comm
         args.members or list(default),
         args.weights,
         args.mode,
-        args.k or None,
+        args.max_hypotheses or None,
         args.prune_ratio,
         args.split,
         prompt_boundary=args.prompt_boundary,

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from hf_coop.commands.ensemble import add_prompt_boundary_argument
+from hf_coop.commands.ensemble import add_bound_arguments, add_prompt_boundary_argument
 from hf_coop.errors import InputError
 from hf_coop.scoring import TextScore, canonical_logprob, check_text
 
@@ -48,7 +48,7 @@ def _run_score(args: argparse.Namespace) -> int:
         return _score_ensemble(args, text)
     model, tokenizer = load_model(args.model)
     progress = not args.json
-    args.top_k = args.top_k or None
+    args.max_hypotheses = args.max_hypotheses or None
     result = {"model": args.model}
     result.update(
         _prefixed(
@@ -64,7 +64,7 @@ def _run_score(args: argparse.Namespace) -> int:
             model,
             tokenizer,
             text,
-            args.top_k,
+            args.max_hypotheses,
             args.prune_ratio,
             progress=progress,
             context=args.context,
@@ -77,7 +77,7 @@ def _run_score(args: argparse.Namespace) -> int:
         if args.sub_vocab:
             nested = SubVocabulary.parse(args.sub_vocab, tokenizer).nested_table(tokenizer)
             reduced = canonical_sub_sequence_logprob(
-                model, tokenizer, text, nested, args.top_k, args.prune_ratio, progress
+                model, tokenizer, text, nested, args.max_hypotheses, args.prune_ratio, progress
             )
             result.update(sub_vocab=args.sub_vocab, **_prefixed(reduced, "reduced_canonical_"))
     result["n_bytes"] = len(text.encode("utf-8"))
@@ -110,11 +110,13 @@ def _score_ensemble(args: argparse.Namespace, text: str) -> int:
         args.ensemble,
         args.weights,
         args.mode,
-        args.top_k or None,
+        args.max_hypotheses or None,
         args.prune_ratio,
         prompt_boundary=args.prompt_boundary,
     )
-    score = ensemble_logprob(ensemble, text, args.top_k or None, args.prune_ratio, context=args.context)
+    score = ensemble_logprob(
+        ensemble, text, args.max_hypotheses or None, args.prune_ratio, context=args.context
+    )
     result = {"ensemble": args.ensemble, "weights": ensemble.weights, "mode": args.mode, **score.to_dict()}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -145,22 +147,11 @@ def add_subcommands(subparsers) -> None:
         "--sub-vocab",
         help="'bytes' or 'max-bytes:N': also score over this reduced vocabulary (implies --marginal)",
     )
-    p.add_argument(
-        "--top-k",
-        type=int,
-        default=256,
-        help="hypotheses carried per step by the marginal/reduced scorers (K-LVR); 0 = no cap (exact, can be slow)",
-    )
-    p.add_argument(
-        "--prune-ratio",
-        type=float,
-        default=1e-8,
-        help="drop hypotheses lighter than this fraction of the heaviest; the dropped mass is reported",
-    )
+    add_bound_arguments(p)
     p.add_argument(
         "--ensemble",
         action="append",
-        help="score under the common-vocabulary ensemble of these models (repeatable; uses --top-k, --prune-ratio)",
+        help="score under the common-vocabulary ensemble of these models (repeatable; uses --max-hypotheses, --prune-ratio)",
     )
     p.add_argument("--weights", type=float, nargs="+", help="ensemble member weights (default equal)")
     p.add_argument("--mode", choices=("mean", "product"), default="mean", help="ensemble combination")

@@ -26,7 +26,9 @@ def bits_per_byte(
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     if model is None or tokenizer is None:
         if model_id is None:
-            raise ConfigError("give model_id (a demo model name, a folder or a Hub id), or model and tokenizer")
+            raise ConfigError(
+                "give model_id (a demo model name, a folder or a Hub id), or model and tokenizer"
+            )
         from hf_coop.models import load_model
 
         model, tokenizer = load_model(model_id)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from typing import Any, ClassVar
 
 from transformers import TrainingArguments
@@ -13,8 +15,31 @@ from ..errors import ConfigError, check_int, check_real
 TASK_TYPES: tuple[str, ...] = ("causal_lm", "classification")
 
 
+def resolve_reward_scale(reward_scale: float | None, temperature: float | None, who: str) -> float | None:
+    """`reward_scale`, or the deprecated `temperature` it replaced (with a warning)."""
+    if temperature is not None:
+        warnings.warn(
+            f"{who}(temperature=...) is deprecated: PRT's λ is now called `reward_scale`",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return temperature if reward_scale is None else reward_scale
+    return reward_scale
+
+
+class RewardScaleAlias:
+    """The deprecated read-only name `temperature` for `reward_scale`."""
+
+    @property
+    def temperature(self) -> float:
+        warnings.warn(
+            "`temperature` is deprecated: PRT's λ is now `reward_scale`", FutureWarning, stacklevel=2
+        )
+        return self.reward_scale
+
+
 @dataclasses.dataclass
-class PRTConfig(CoopConfig):
+class PRTConfig(RewardScaleAlias, CoopConfig):
     """Saved next to a PRT reward model (`prt_config.json`); names the output space the reward speaks.
 
     At inference the reward is added to any new base's log-probabilities,
@@ -23,7 +48,7 @@ class PRTConfig(CoopConfig):
     name); the fingerprints let loaders refuse a mismatch instead of producing quietly wrong text.
 
     Args:
-        temperature: λ in the paper; the reward is divided by it in training and inference.
+        reward_scale: λ in the paper; the reward is divided by it in training and inference.
         entropy_weight: α of the optional entropy regulariser; training minimises `CE − α·H(softmax(r))`.
         task_type: "causal_lm" (per-token reward over a vocabulary) or "classification" (over labels).
         base_model_name_or_path / base_model_revision: the source base the reward was trained through.
@@ -36,7 +61,7 @@ class PRTConfig(CoopConfig):
     config_name: ClassVar[str] = "prt_config.json"
     format_version: ClassVar[int] = 1
 
-    temperature: float = 1.0
+    reward_scale: float = 1.0
     entropy_weight: float = 0.0
     task_type: str = "causal_lm"
     base_model_name_or_path: str | None = None
@@ -49,12 +74,19 @@ class PRTConfig(CoopConfig):
     def __post_init__(self) -> None:
         if self.task_type not in TASK_TYPES:
             raise ConfigError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
-        check_real("temperature (λ)", self.temperature, low=0.0, open_low=True)
+        check_real("reward_scale (λ)", self.reward_scale, low=0.0, open_low=True)
         check_real("entropy_weight (α)", self.entropy_weight, low=0.0)
         check_int("vocab_size", self.vocab_size, minimum=1, optional=True)
         if self.id2label is not None:
             # JSON keys are strings; keep them so, whatever the caller passed
             self.id2label = {str(k): str(v) for k, v in self.id2label.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PRTConfig:
+        data = dict(data)
+        if "temperature" in data:  # written by hf_coop before λ was renamed
+            data.setdefault("reward_scale", data.pop("temperature"))
+        return super().from_dict(data)
 
     @property
     def label_names(self) -> list[str] | None:
@@ -62,6 +94,23 @@ class PRTConfig(CoopConfig):
         if self.id2label is None:
             return None
         return [self.id2label[str(i)] for i in range(len(self.id2label))]
+
+
+def _accept_temperature(init):
+    """Let a dataclass `__init__` take the deprecated `temperature=` for `reward_scale`."""
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, temperature: float | None = None, **kwargs: Any) -> None:
+        if temperature is not None:
+            kwargs["reward_scale"] = resolve_reward_scale(
+                kwargs.get("reward_scale"), temperature, type(self).__name__
+            )
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+PRTConfig.__init__ = _accept_temperature(PRTConfig.__init__)
 
 
 @dataclasses.dataclass
@@ -74,7 +123,7 @@ class PRTModelConfig(CoopConfig):
 
     new_base_name_or_path: str | None = None
     new_base_fingerprint: str | None = None
-    temperature: float = 1.0
+    reward_scale: float = 1.0
     vocab_size: int | None = None
 
 

@@ -38,7 +38,7 @@ def pad_vocab(log_probs: torch.Tensor, width: int) -> torch.Tensor:
 def prt_log_probs(
     base_logits: torch.Tensor,
     reward_logits: torch.Tensor,
-    temperature: float = 1.0,
+    reward_scale: float = 1.0,
     vocab_size: int | None = None,
 ) -> torch.Tensor:
     """PRT (arXiv 2502.12776): `log_softmax(log_softmax(f_base(x)) + r(x) / λ)` over the shared vocabulary.
@@ -47,7 +47,7 @@ def prt_log_probs(
     """
     size = shared_vocab_size(base_logits, reward_logits, vocab_size=vocab_size)
     base = F.log_softmax(base_logits[..., :size].float(), dim=-1)
-    return F.log_softmax(base + reward_logits[..., :size].float() / temperature, dim=-1)
+    return F.log_softmax(base + reward_logits[..., :size].float() / reward_scale, dim=-1)
 
 
 def eft_log_probs(

@@ -23,7 +23,7 @@ from ..artefacts import (
 )
 from ..config_utils import ArtifactError, model_fingerprint
 from ..errors import ConfigError, check_finite
-from .config import PRTConfig, PRTModelConfig
+from .config import PRTConfig, PRTModelConfig, RewardScaleAlias, resolve_reward_scale
 from .core import pad_vocab, prt_log_probs
 from .processors import _unwrap_reward
 from .reward_model import PRTRewardModel
@@ -41,7 +41,7 @@ class PRTCache(Cache):
         self.reward_cache = reward_cache
 
 
-class PRTModel(PreTrainedModel, GenerationMixin):
+class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
     """`p = softmax(log_softmax(f_new(x)) + r(x)/λ)` (arXiv 2502.12776) as a causal LM.
 
     Its logits are the combined log-probabilities (head rows beyond the tokenizer get -inf), so `generate`'s
@@ -51,7 +51,7 @@ class PRTModel(PreTrainedModel, GenerationMixin):
     Args:
         new_base: any causal LM with the reward's tokenizer (its head may be larger).
         reward_model: a `PRTRewardModel` (λ and vocabulary from its config) or a bare causal LM.
-        temperature / vocab_size: override λ / the number of token ids combined.
+        reward_scale / vocab_size: override λ / the number of token ids combined.
         tokenizer: the new base's tokenizer, checked against the reward's vocabulary fingerprint.
     """
 
@@ -67,13 +67,14 @@ class PRTModel(PreTrainedModel, GenerationMixin):
         self,
         new_base: PreTrainedModel,
         reward_model: PRTRewardModel | nn.Module,
-        temperature: float | None = None,
+        reward_scale: float | None = None,
         vocab_size: int | None = None,
         tokenizer=None,
+        temperature: float | None = None,
     ):
         super().__init__(copy.deepcopy(new_base.config))
-        reward, self.temperature, self.vocab_size = _unwrap_reward(
-            reward_model, temperature, vocab_size, tokenizer
+        reward, self.reward_scale, self.vocab_size = _unwrap_reward(
+            reward_model, resolve_reward_scale(reward_scale, temperature, "PRTModel"), vocab_size, tokenizer
         )
         self.reward_config = reward_model.prt_config if isinstance(reward_model, PRTRewardModel) else None
         self.new_base = new_base
@@ -100,11 +101,11 @@ class PRTModel(PreTrainedModel, GenerationMixin):
         config = PRTModelConfig(
             new_base_name_or_path=self.new_base.name_or_path,
             new_base_fingerprint=model_fingerprint(self.new_base),
-            temperature=self.temperature,
+            reward_scale=self.reward_scale,
             vocab_size=self.vocab_size,
         )
         reward_config = self.reward_config or PRTConfig(
-            temperature=self.temperature, vocab_size=self.vocab_size
+            reward_scale=self.reward_scale, vocab_size=self.vocab_size
         )
         with atomic_save(save_directory, type(self).__name__) as staging:
             config.save_pretrained(staging)
@@ -113,7 +114,7 @@ class PRTModel(PreTrainedModel, GenerationMixin):
             card = render_model_card(
                 "prt_model.md",
                 new_base=config.new_base_name_or_path,
-                temperature=config.temperature,
+                reward_scale=config.reward_scale,
                 vocab_size=config.vocab_size,
                 fingerprint=config.new_base_fingerprint,
             )
@@ -152,7 +153,7 @@ class PRTModel(PreTrainedModel, GenerationMixin):
                 f"{config.new_base_fingerprint} ({config.new_base_name_or_path}): pass the base it was built on"
             )
         reward = PRTRewardModel.from_pretrained(os.path.join(folder, REWARD_FOLDER), tokenizer=tokenizer)
-        return cls(new_base, reward, config.temperature, config.vocab_size, tokenizer=tokenizer)
+        return cls(new_base, reward, config.reward_scale, config.vocab_size, tokenizer=tokenizer)
 
     def new_cache(self) -> PRTCache:
         return PRTCache(DynamicCache(config=self.new_base.config), DynamicCache(config=self.reward.config))
@@ -182,7 +183,7 @@ class PRTModel(PreTrainedModel, GenerationMixin):
         reward_logits = self.reward(**shared, cache=cache.reward_cache if cache else None).logits
         check_finite(base_logits, "the new base model")
         check_finite(reward_logits, "the reward model")
-        log_probs = prt_log_probs(base_logits, reward_logits, self.temperature, self.vocab_size)
+        log_probs = prt_log_probs(base_logits, reward_logits, self.reward_scale, self.vocab_size)
         return CausalLMOutputWithPast(logits=pad_vocab(log_probs, base_logits.shape[-1]), cache=cache)
 
     def generate(self, *args: Any, **kwargs: Any):
@@ -192,7 +193,7 @@ class PRTModel(PreTrainedModel, GenerationMixin):
         return super().generate(*args, **kwargs)
 
 
-class PRTModelForClassification(nn.Module):
+class PRTModelForClassification(RewardScaleAlias, nn.Module):
     """PRT for classifiers (sequence or image): `log_softmax(log_softmax(f_new(x)) + r(x)/λ)` over labels.
 
     Labels are matched by name: the same names in another order are permuted to the new base's order; a
@@ -201,18 +202,23 @@ class PRTModelForClassification(nn.Module):
     """
 
     def __init__(
-        self, new_base: nn.Module, reward_model: PRTRewardModel | nn.Module, temperature: float | None = None
+        self,
+        new_base: nn.Module,
+        reward_model: PRTRewardModel | nn.Module,
+        reward_scale: float | None = None,
+        temperature: float | None = None,
     ):
         super().__init__()
+        reward_scale = resolve_reward_scale(reward_scale, temperature, "PRTModelForClassification")
         if isinstance(reward_model, PRTRewardModel):
             reward_model.check_compatible(id2label=new_base.config.id2label, who="new base")
             reward, config = reward_model.model, reward_model.prt_config
             reward_labels = config.label_names
-            self.temperature = config.temperature if temperature is None else temperature
+            self.reward_scale = config.reward_scale if reward_scale is None else reward_scale
         else:
             reward = reward_model
             reward_labels = [reward.config.id2label[i] for i in range(len(reward.config.id2label))]
-            self.temperature = 1.0 if temperature is None else temperature
+            self.reward_scale = 1.0 if reward_scale is None else reward_scale
         new_labels = [new_base.config.id2label[i] for i in range(len(new_base.config.id2label))]
         if sorted(new_labels) != sorted(reward_labels):
             raise ArtifactError(
@@ -230,5 +236,5 @@ class PRTModelForClassification(nn.Module):
         reward_logits = self.reward(**(inputs if reward_inputs is None else reward_inputs)).logits
         check_finite(base_logits, "the new base model")
         check_finite(reward_logits, "the reward model")
-        log_probs = prt_log_probs(base_logits, reward_logits[..., self.reward_order], self.temperature)
+        log_probs = prt_log_probs(base_logits, reward_logits[..., self.reward_order], self.reward_scale)
         return SequenceClassifierOutput(logits=log_probs)

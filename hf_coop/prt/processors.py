@@ -8,6 +8,7 @@ import torch
 from transformers import LogitsProcessor
 
 from ..errors import InputError, check_finite
+from .config import RewardScaleAlias, resolve_reward_scale
 from .core import eft_log_probs, pad_vocab, proxy_tuning_log_probs, prt_log_probs
 from .reward_model import PRTRewardModel
 
@@ -123,7 +124,7 @@ class FollowerLogitsProcessor(LogitsProcessor):
         return pad_vocab(self.combine(scores, *extra_logits), scores.shape[-1]).to(scores.dtype)
 
 
-def _unwrap_reward(reward_model, temperature: float | None, vocab_size: int | None, tokenizer):
+def _unwrap_reward(reward_model, reward_scale: float | None, vocab_size: int | None, tokenizer):
     """Reward network, λ and vocabulary size from a `PRTRewardModel` (checked against `tokenizer`) or a
     bare model (λ defaults to 1)."""
     if isinstance(reward_model, PRTRewardModel):
@@ -131,15 +132,15 @@ def _unwrap_reward(reward_model, temperature: float | None, vocab_size: int | No
         config = reward_model.prt_config
         return (
             reward_model.model,
-            config.temperature if temperature is None else temperature,
+            config.reward_scale if reward_scale is None else reward_scale,
             config.vocab_size if vocab_size is None else vocab_size,
         )
     if tokenizer is not None and vocab_size is None:
         vocab_size = len(tokenizer)
-    return reward_model, 1.0 if temperature is None else temperature, vocab_size
+    return reward_model, 1.0 if reward_scale is None else reward_scale, vocab_size
 
 
-class PRTLogitsProcessor(FollowerLogitsProcessor):
+class PRTLogitsProcessor(RewardScaleAlias, FollowerLogitsProcessor):
     """PRT at inference for `new_base.generate(..., logits_processor=[...])`:
     `log_softmax(log_softmax(s_new) + r(x)/λ)` (arXiv 2502.12776), one reward forward per step.
 
@@ -153,18 +154,22 @@ class PRTLogitsProcessor(FollowerLogitsProcessor):
         self,
         reward_model: PRTRewardModel | torch.nn.Module,
         attention_mask: torch.Tensor | None = None,
-        temperature: float | None = None,
+        reward_scale: float | None = None,
         vocab_size: int | None = None,
         tokenizer=None,
         use_cache: bool = True,
+        temperature: float | None = None,
     ):
-        reward, self.temperature, vocab_size = _unwrap_reward(
-            reward_model, temperature, vocab_size, tokenizer
+        reward, self.reward_scale, vocab_size = _unwrap_reward(
+            reward_model,
+            resolve_reward_scale(reward_scale, temperature, "PRTLogitsProcessor"),
+            vocab_size,
+            tokenizer,
         )
         super().__init__([reward], attention_mask, vocab_size, use_cache)
 
     def combine(self, scores: torch.Tensor, reward_logits: torch.Tensor) -> torch.Tensor:
-        return prt_log_probs(scores, reward_logits, self.temperature, self.vocab_size)
+        return prt_log_probs(scores, reward_logits, self.reward_scale, self.vocab_size)
 
 
 class EFTLogitsProcessor(FollowerLogitsProcessor):

@@ -16,12 +16,13 @@ from ..artefacts import (
     atomic_save,
     local_folder,
     looks_local,
+    push_folder_to_hub,
     reading_weights,
     render_model_card,
     verify_folder,
 )
 from ..config_utils import ArtifactError, labels_fingerprint, vocab_fingerprint
-from .config import PRTConfig
+from .config import PRTConfig, RewardScaleAlias
 
 MODEL_CARD_TEMPLATE = "prt_reward_model.md"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -77,7 +78,7 @@ def render_reward_card(config: PRTConfig, training_summary: dict[str, Any] | Non
         output_space_detail=(
             f"{config.vocab_size} tokens" if causal else ", ".join(config.label_names or [])
         ),
-        temperature=config.temperature,
+        reward_scale=config.reward_scale,
         entropy_weight=config.entropy_weight,
         fingerprint=(config.vocab_fingerprint if causal else config.labels_fingerprint) or "(none recorded)",
         training_rows=rows.rstrip("\n"),
@@ -123,6 +124,7 @@ def check_output_space(
 
 
 class PRTRewardModel(
+    RewardScaleAlias,
     torch.nn.Module,
     ModelHubMixin,
     library_name="hf_coop",
@@ -145,8 +147,8 @@ class PRTRewardModel(
         return self.model(*args, **kwargs)
 
     @property
-    def temperature(self) -> float:
-        return self.prt_config.temperature
+    def reward_scale(self) -> float:
+        return self.prt_config.reward_scale
 
     def check_compatible(self, tokenizer=None, id2label: dict | None = None, who: str = "model") -> None:
         """Raise `ArtifactError` unless `tokenizer` / `id2label` is the reward's own output space."""
@@ -163,6 +165,12 @@ class PRTRewardModel(
         if push:
             return self.push_to_hub(repo_id or Path(save_directory).name, **kwargs)
         return None
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any):
+        """Upload the saved folder (weights or adapter, config, card, manifest) as one commit, the same path every
+        hf_coop artefact takes (`push_folder_to_hub` arguments: commit_message, private, token, revision,
+        create_pr)."""
+        return push_folder_to_hub(self.save_pretrained, repo_id, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         self.model.save_pretrained(save_directory)

@@ -116,7 +116,7 @@ class PRTTrainer(Trainer):
             base_logits = self.base_model(**inputs).logits
         config = self.prt_config
         vocab_size = config.vocab_size if self.is_causal_lm else None
-        log_probs = prt_log_probs(base_logits, reward_logits, config.temperature, vocab_size)
+        log_probs = prt_log_probs(base_logits, reward_logits, config.reward_scale, vocab_size)
         if self.is_causal_lm:
             scored, targets, reward_scored = log_probs[:, :-1], labels[:, 1:], reward_logits[:, :-1]
         else:

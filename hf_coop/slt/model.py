@@ -33,7 +33,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..artefacts import atomic_save, local_folder, push_folder_to_hub, render_model_card, verify_folder
+from ..artefacts import (
+    atomic_save,
+    local_folder,
+    push_folder_to_hub,
+    read_versioned_json,
+    render_model_card,
+    verify_folder,
+)
 from ..config_utils import ArtifactError, fingerprint
 from ..errors import ConfigError
 from .config import FrozenSLTConfig
@@ -42,6 +49,7 @@ from .layer import SUPERMASK_CLASSES, SupermaskLayer, weight_checksum
 TICKET_FILE = "slt_ticket.safetensors"
 EXTRAS_FILE = "slt_extras.safetensors"
 MANIFEST_FILE = "slt_manifest.json"
+BASE_CONFIG_FILE = "base_config.json"
 MANIFEST_FORMAT_VERSION = 1
 CHECKSUMMED_FILES = (FrozenSLTConfig.config_name, TICKET_FILE, EXTRAS_FILE)
 
@@ -274,6 +282,12 @@ class FrozenSLTModel(nn.Module):
 
     def _write_ticket(self, save_directory: Path) -> None:
         self.slt_config.save_pretrained(save_directory)
+        if hasattr(self.base_model, "config") and hasattr(self.base_model.config, "to_dict"):
+            # a transformers model: its config lets from_pretrained rebuild the architecture by itself
+            config = {**self.base_model.config.to_dict(), "architectures": [type(self.base_model).__name__]}
+            (save_directory / BASE_CONFIG_FILE).write_text(
+                json.dumps(config, indent=2, sort_keys=True, default=str), encoding="utf-8"
+            )
         layers = self.slt_layers()
         ticket = {
             name: torch.from_numpy(np.packbits(layer.free_mask().cpu().numpy(), bitorder="little"))
@@ -314,16 +328,24 @@ class FrozenSLTModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, model: nn.Module, path: str | os.PathLike, revision: str | None = None
+        cls,
+        model: nn.Module | str | os.PathLike,
+        path: str | os.PathLike | None = None,
+        revision: str | None = None,
     ) -> FrozenSLTModel:
-        """Rebuild a saved ticket (a folder or a Hub repo id) on `model` (same architecture; its own
-        weights are not used).
+        """Rebuild a saved ticket (a folder or a Hub repo id) on `model` (same architecture; its own weights are
+        not used), or, as `FrozenSLTModel.from_pretrained("ticket")`, on the transformers architecture the
+        ticket records (its config; the weights come from the seed and the stored extras).
 
         Raises `ArtifactError` when a file is missing, corrupt or truncated, the format is newer, the
         manifest's layers are not the model's target layers, the architecture differs, or the regenerated
         weights differ from those the ticket was trained on; `model` is then left as it was."""
+        if path is None:
+            model, path = None, model
         path = local_folder(path, revision)
         verify_folder(path, cls.__name__)
+        if model is None:
+            model = _rebuild_architecture(path)
         manifest = read_manifest(path)
         for name, expected in manifest["files"].items():
             if _sha256(os.path.join(path, name)) != expected:
@@ -398,6 +420,25 @@ class FrozenSLTModel(nn.Module):
         return self.base_model
 
 
+def _rebuild_architecture(path: str) -> nn.Module:
+    """The transformers model a ticket was saved from, built from its recorded config (random weights)."""
+    file = Path(path, BASE_CONFIG_FILE)
+    if not file.is_file():
+        raise ArtifactError(
+            f"{path} was saved from a plain torch module (no {BASE_CONFIG_FILE}): build that module and pass it, "
+            "FrozenSLTModel.from_pretrained(model, path)"
+        )
+    import transformers
+
+    data = json.loads(file.read_text(encoding="utf-8"))
+    architecture = (data.get("architectures") or [None])[0]
+    model_class = getattr(transformers, architecture or "", None)
+    if model_class is None:
+        raise ArtifactError(f"{file} names architecture {architecture!r}, which transformers does not know")
+    config = transformers.AutoConfig.for_model(**data)
+    return model_class._from_config(config).eval()
+
+
 def apply_frozen_slt(model: nn.Module, config: FrozenSLTConfig) -> FrozenSLTModel:
     """Turn `model`'s target layers into supermask layers over frozen random weights (in place)."""
     return FrozenSLTModel(model, config)
@@ -407,18 +448,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     file = os.path.join(path, MANIFEST_FILE)
     if not os.path.isfile(file):
         raise ArtifactError(f"{path} has no {MANIFEST_FILE}: it is not an hf_coop.slt ticket")
-    try:
-        with open(file, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{file} is not valid JSON ({e}); the file is corrupt or truncated") from e
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > MANIFEST_FORMAT_VERSION:
-        raise ArtifactError(
-            f"{file} has format version {version!r}; this hf_coop reads up to {MANIFEST_FORMAT_VERSION}. "
-            "Upgrade hf_coop: pip install -U hf-coop"
-        )
-    return manifest
+    return read_versioned_json(file, MANIFEST_FORMAT_VERSION)
 
 
 def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

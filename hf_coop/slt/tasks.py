@@ -19,7 +19,10 @@ from torch import nn
 
 from ..errors import ConfigError
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+def fashion_mnist_dir() -> str:
+    """Where the Fashion-MNIST idx files are: `$HF_COOP_FASHION_MNIST`, else Debian's `dataset-fashion-mnist`."""
+    return os.environ.get("HF_COOP_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
 
 
 class ConvNet(nn.Module):
@@ -89,15 +92,16 @@ def fashion_mnist_data(
     """Fashion-MNIST padded to 32×32, normalised, as (train_x, train_y, test_x, test_y).
 
     `*_limit` keeps the first N images of each split (class-balanced enough for quick runs)."""
-    if not os.path.isdir(FASHION_MNIST_DIR):
+    folder = fashion_mnist_dir()
+    if not os.path.isdir(folder):
         raise FileNotFoundError(
-            f"{FASHION_MNIST_DIR} not found: install Fashion-MNIST with "
-            "`apt-get install dataset-fashion-mnist`"
+            f"{folder} not found: install Fashion-MNIST with `apt-get install dataset-fashion-mnist`, or set "
+            "HF_COOP_FASHION_MNIST to a folder holding its four idx .gz files"
         )
     splits = []
     for prefix, limit in (("train", train_limit), ("t10k", test_limit)):
-        images = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"))[:limit]
-        labels = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"))[:limit]
+        images = _read_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"))[:limit]
+        labels = _read_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"))[:limit]
         x = F.pad(torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255.0, (2, 2, 2, 2))
         splits += [(x - 0.2860) / 0.3530, torch.tensor(labels, dtype=torch.long)]
     return tuple(splits)

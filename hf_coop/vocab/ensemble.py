@@ -36,7 +36,7 @@ from hf_coop.config_utils import ArtifactError, fingerprint, model_fingerprint
 from hf_coop.errors import ConfigError, InputError
 from hf_coop.vocab.engine.cache import EngineCache, EngineGenerationMixin, left_padded, pad_logprobs
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
-from hf_coop.vocab.engine.settings import EngineSettings
+from hf_coop.vocab.engine.settings import BOUNDED_MAX_HYPOTHESES, BOUNDED_PRUNE_RATIO, EngineSettings
 from hf_coop.vocab.mcv import SPLITS, common_vocabulary, resolve_split, unspellable_bytes
 from hf_coop.vocab.prompt_boundary import check_prompt_boundary
 from hf_coop.vocab.reduced_lm import ReducedVocabLM, engine_settings, eos_sub_ids
@@ -489,8 +489,8 @@ def load_ensemble(
     names: Sequence[str],
     weights: Sequence[float] | None = None,
     mode: str = "mean",
-    max_hypotheses: int | None = 8,
-    prune_ratio: float = 1e-4,
+    max_hypotheses: int | None = BOUNDED_MAX_HYPOTHESES,
+    prune_ratio: float = BOUNDED_PRUNE_RATIO,
     split: str = "common",
     prompt_boundary: str = "tail",
 ) -> CommonVocabEnsemble:

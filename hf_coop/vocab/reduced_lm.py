@@ -1,13 +1,13 @@
 """`ReducedVocabLM`: a causal LM re-expressed over a sub-vocabulary, generating through Hugging Face `generate`.
 
-    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1)
+    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", tokens_per_boundary=1)
     inputs = reduced.tokenizer(["The capital of France is", "It is"], return_tensors="pt")
     out = reduced.generate(**inputs, max_new_tokens=40, do_sample=False)
     print(reduced.tokenizer.batch_decode(out))
 
 Its vocabulary is the sub-vocabulary (plus one atomic id per special token of the original tokenizer), and
 its next-token distribution is the original model's pushed through the nested tokenization (exact when
-`top_k` is None; the paper's K-LVR otherwise). Prompts are tokenized canonically by the original tokenizer
+`tokens_per_boundary` is None; the paper's K-LVR otherwise). Prompts are tokenized canonically by the original tokenizer
 (with its special tokens and chat template), split into sub-tokens, and the original tokens travel with them.
 Every row's relative-cover state lives in the `EngineCache` that `generate` threads through its loop, and
 every step runs one batched forward of the original model for all rows and hypotheses.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -79,16 +80,19 @@ class ReducedVocabConfig(PretrainedConfig):
 
 def engine_settings(
     settings: EngineSettings | None,
-    top_k: int | None,
+    tokens_per_boundary: int | None,
     max_hypotheses: int | None,
     prune_ratio: float,
     **options,
 ) -> EngineSettings:
-    """`settings` as given, or built from the keyword knobs (`top_k` is `tokens_per_boundary`)."""
+    """`settings` as given, or built from the keyword knobs."""
     if settings is not None:
         return settings
     return EngineSettings(
-        tokens_per_boundary=top_k, max_hypotheses=max_hypotheses, prune_ratio=prune_ratio, **options
+        tokens_per_boundary=tokens_per_boundary,
+        max_hypotheses=max_hypotheses,
+        prune_ratio=prune_ratio,
+        **options,
     )
 
 
@@ -148,7 +152,7 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         sub_vocab: SubVocabulary | str = "bytes",
-        top_k: int | None = None,
+        tokens_per_boundary: int | None = None,
         max_hypotheses: int | None = None,
         prune_ratio: float = 0.0,
         split: str = "merges",
@@ -156,14 +160,24 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         prompt_boundary: str = "tail",
         **engine_options,
     ) -> ReducedVocabLM:
-        """Reduce `model` to `sub_vocab` (a SubVocabulary, 'bytes', 'max-bytes:N' or 'original'). `top_k`,
+        """Reduce `model` to `sub_vocab` (a SubVocabulary, 'bytes', 'max-bytes:N' or 'original'). `tokens_per_boundary`
+        (the paper's K: the K most likely next original tokens kept per boundary; `top_k` is its old name),
         `max_hypotheses`, `prune_ratio` and `engine_options` (max_batch, dtype, backtrack, prefetch) set the
         `EngineSettings`, or pass `settings` whole. `prompt_boundary` ("tail", "exact" or "canonical") says
         which part of a prompt is conditioned on as bytes over all its tokenizations (see
         `hf_coop.vocab.prompt_boundary`); "canonical" conditions on the canonical tokens as plain `generate`
         does."""
         check_prompt_boundary(prompt_boundary)
-        settings = engine_settings(settings, top_k, max_hypotheses, prune_ratio, **engine_options)
+        if "top_k" in engine_options:
+            warnings.warn(
+                "from_model(top_k=...) is deprecated: the K of K-LVR is `tokens_per_boundary`",
+                FutureWarning,
+                stacklevel=2,
+            )
+            tokens_per_boundary = engine_options.pop("top_k")
+        settings = engine_settings(
+            settings, tokens_per_boundary, max_hypotheses, prune_ratio, **engine_options
+        )
         if isinstance(sub_vocab, str):
             sub_vocab = SubVocabulary.parse(sub_vocab, tokenizer)
         check_tokenizer_fits(model, tokenizer)

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from hf_coop.errors import ConfigError
 from hf_coop.scoring import TextScore, check_text, check_tokenizer_fits, start_token_id, text_token_ids
 from hf_coop.vocab.engine.scheduler import EngineMember, Scheduler
-from hf_coop.vocab.engine.settings import EngineSettings
+from hf_coop.vocab.engine.settings import BOUNDED_MAX_HYPOTHESES, BOUNDED_PRUNE_RATIO, EngineSettings
 from hf_coop.vocab.ensemble import CommonVocabEnsemble, check_mode, check_weights, combine
 from hf_coop.vocab.prompt_boundary import PromptSplitter, check_prompt_boundary, split_utf8
 from hf_coop.vocab.sub_vocabulary import NestedTable, SubVocabulary
@@ -219,8 +219,8 @@ def member_name(ensemble: CommonVocabEnsemble, index: int, what: str) -> str:
 def ensemble_logprob(
     ensemble: CommonVocabEnsemble,
     text: str | Sequence[str],
-    max_hypotheses: int | None = 8,
-    prune_ratio: float = 1e-8,
+    max_hypotheses: int | None = BOUNDED_MAX_HYPOTHESES,
+    prune_ratio: float = BOUNDED_PRUNE_RATIO,
     mixtures: Sequence[tuple[Sequence[float], str]] | None = None,
     progress: bool = False,
     context: str | bytes | None = None,

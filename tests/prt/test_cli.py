@@ -2,7 +2,7 @@ import argparse
 
 import pytest
 
-from hf_coop.prt.cli import add_subcommands
+from hf_coop.commands.prt import add_subcommands
 from hf_coop.testing import tiny_causal_lm
 
 

@@ -17,7 +17,7 @@ def test_beam_search_with_cache_equals_without(new_base, reward, tokenizer, prom
 
 def test_logits_are_prt_over_the_tokenizer_with_extra_rows_masked(new_base, reward, tokenizer, prompts):
     vocab = len(tokenizer)
-    model = PRTModel(new_base, reward, temperature=2.0, vocab_size=vocab)
+    model = PRTModel(new_base, reward, reward_scale=2.0, vocab_size=vocab)
     with torch.no_grad():
         logits = model(**prompts).logits
         base, r = new_base(**prompts).logits[..., :vocab], reward(**prompts).logits[..., :vocab]

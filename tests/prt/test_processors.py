@@ -36,7 +36,7 @@ def test_zero_reward_leaves_generation_identical(new_base, tokenizer, prompts):
 def test_processor_equals_hand_computed_prt_at_every_step(new_base, reward, tokenizer, prompts):
     vocab, lam = len(tokenizer), 0.7
     processor = PRTLogitsProcessor(
-        reward, attention_mask=prompts.attention_mask, temperature=lam, vocab_size=vocab
+        reward, attention_mask=prompts.attention_mask, reward_scale=lam, vocab_size=vocab
     )
     out = new_base.generate(
         **prompts,

@@ -31,7 +31,7 @@ def train_and_save(tmp_path, tokenizer, base, peft_config=None):
         train_dataset=Dataset.from_dict({**enc, "labels": labels}),
         processing_class=tokenizer,
         peft_config=peft_config,
-        prt_config=PRTConfig(temperature=0.5, base_model_name_or_path="tiny/source"),
+        prt_config=PRTConfig(reward_scale=0.5, base_model_name_or_path="tiny/source"),
     )
     trainer.train()
     trainer.save_model(str(tmp_path / "reward"))
@@ -44,7 +44,7 @@ def test_save_then_load_reproduces_logits_exactly(tmp_path, tokenizer, source_ba
         p.name for p in path.iterdir()
     }
     card = (path / "README.md").read_text()
-    assert "tiny/source" in card and "λ (temperature) | 0.5" in card and "$" not in card
+    assert "tiny/source" in card and "λ (reward_scale) | 0.5" in card and "$" not in card
     loaded = PRTRewardModel.from_pretrained(path, tokenizer=tokenizer)
     assert loaded.prt_config == trainer.prt_config
     with torch.no_grad():

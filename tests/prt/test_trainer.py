@@ -216,10 +216,10 @@ def test_a_classifier_base_with_a_causal_lm_config_is_refused(tokenizer):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(temperature=float("inf")), r"temperature \(λ\) must be a finite number, got inf"),
-        (dict(temperature=0.0), r"temperature \(λ\) must be in \(0.0, inf\]"),
+        (dict(reward_scale=float("inf")), r"reward_scale \(λ\) must be a finite number, got inf"),
+        (dict(reward_scale=0.0), r"reward_scale \(λ\) must be in \(0.0, inf\]"),
         (dict(entropy_weight=float("nan")), r"entropy_weight \(α\) must be a finite number, got nan"),
-        (dict(temperature="1"), r"temperature \(λ\) must be a finite number, got '1'"),
+        (dict(reward_scale="1"), r"reward_scale \(λ\) must be a finite number, got '1'"),
     ],
 )
 def test_prt_config_values_are_checked_where_they_are_set(kwargs, message):

@@ -4,8 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hf_coop.cli import main as hf_coop_main
-from hf_coop.slt import cli
+from hf_coop.commands import main as hf_coop_main
+from hf_coop.commands import slt as cli
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "slt_lottery_ticket.py"
 

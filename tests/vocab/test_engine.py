@@ -15,7 +15,7 @@ from hf_coop.vocab.reduced_lm import ReducedVocabLM
 PROMPTS = ["It is a truth", "The quick", "def add(a, b):\n", "It is a truth", "é", "Mr. Bennet was so"]
 SETTINGS = {  # exact with pruning (forced tokens keep positive mass), and K-LVR
     "pruned": {"max_hypotheses": 4, "prune_ratio": 1e-6},
-    "top3": {"top_k": 3, "max_hypotheses": 6},
+    "top3": {"tokens_per_boundary": 3, "max_hypotheses": 6},
 }
 
 
@@ -175,7 +175,9 @@ def tail_steps(tail_bytes: torch.Tensor) -> int:
 @pytest.mark.parametrize("prompt_boundary", ["canonical", "tail"])
 def test_k1_batch_of_8_costs_one_forward_per_step(model64, tokenizer, prompt_boundary):
     # max_batch large enough that the tail walk (whole distributions, every tokenization) is not chunked
-    model = reduced(model64, tokenizer, top_k=1, prompt_boundary=prompt_boundary, max_batch=4096)
+    model = reduced(
+        model64, tokenizer, tokens_per_boundary=1, prompt_boundary=prompt_boundary, max_batch=4096
+    )
     calls, handle = count_forwards(model64)
     steps = 12
     # under "tail" the rows walk their tails' bytes first; rows of equal work share each forward (rows of

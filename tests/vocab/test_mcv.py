@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from hf_coop.cli import main
+from hf_coop.commands import main
 from hf_coop.testing import bundled_passage, tiny_byte_level_tokenizer, tiny_causal_lm
 from hf_coop.vocab.mcv import (
     maximal_common_vocabulary,

@@ -219,8 +219,8 @@ def test_a_partial_assistant_turn_is_conditioned_on_as_bytes(tokenizer):
 def test_identity_reduction_is_exact_token_healing(model64, tokenizer):
     """`sub_vocab="original"`: canonical prompts give the plain model's greedy text; "tail" prompts give the
     oracle's distribution over the model's own tokens."""
-    healing = reduce(model64, tokenizer, "original", prompt_boundary="tail", top_k=1)
-    plain = reduce(model64, tokenizer, "original", prompt_boundary="canonical", top_k=1)
+    healing = reduce(model64, tokenizer, "original", prompt_boundary="tail", tokens_per_boundary=1)
+    plain = reduce(model64, tokenizer, "original", prompt_boundary="canonical", tokens_per_boundary=1)
     prompt = "It is a tru"
     enc = plain.tokenizer(prompt, return_tensors="pt")
     out = plain.generate(**enc, max_new_tokens=6, do_sample=False)

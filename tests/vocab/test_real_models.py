@@ -43,7 +43,9 @@ def real(request):
 def test_k1_greedy_equals_original_greedy_on_20_prompts(real):
     """All 20 prompts in one batch (mixed lengths, left padding) against each prompt's plain greedy."""
     model, tokenizer = real
-    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=1, prompt_boundary="canonical")
+    reduced = ReducedVocabLM.from_model(
+        model, tokenizer, "max-bytes:3", tokens_per_boundary=1, prompt_boundary="canonical"
+    )
     expected = []
     for prompt in PROMPTS:
         enc = tokenizer(prompt, return_tensors="pt")
@@ -80,7 +82,13 @@ def test_a_prompt_cut_inside_a_word_is_completed(real, sub_vocab):
     conditioned on its bytes the model completes the word, batched with a prompt ending in a space."""
     model, tokenizer = real
     reduced = ReducedVocabLM.from_model(
-        model, tokenizer, sub_vocab, top_k=1, max_hypotheses=8, prune_ratio=1e-4, prompt_boundary="tail"
+        model,
+        tokenizer,
+        sub_vocab,
+        tokens_per_boundary=1,
+        max_hypotheses=8,
+        prune_ratio=1e-4,
+        prompt_boundary="tail",
     )
     enc = reduced.tokenizer(["The capital of Fr", "The capital of France is "], return_tensors="pt")
     out = reduced.generate(**enc, max_new_tokens=8, do_sample=False)

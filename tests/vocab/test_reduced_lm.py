@@ -137,7 +137,7 @@ def test_conditionals_sum_to_one_and_empty_buckets_are_minus_inf(model64, tokeni
         assert not torch.isnan(logprobs).any()
         assert torch.logsumexp(logprobs, 0).item() == pytest.approx(0.0, abs=1e-12)
     # With K-LVR most sub-tokens start none of the kept tokens: their buckets are -inf, never NaN.
-    top2 = exact(model64, tokenizer, "max-bytes:3", top_k=2)
+    top2 = exact(model64, tokenizer, "max-bytes:3", tokens_per_boundary=2)
     logprobs = start_state(top2, [start_token_id(tokenizer)])[1][0]
     assert torch.isinf(logprobs).sum() >= len(logprobs) - 2 and not torch.isnan(logprobs).any()
     assert torch.logsumexp(logprobs, 0).item() == pytest.approx(0.0, abs=1e-12)
@@ -147,7 +147,7 @@ def test_top_k_of_full_vocabulary_equals_exact_mode(model64, tokenizer):
     prompt = [start_token_id(tokenizer)]
     path = list(b"It is")
     exact_model = exact(model64, tokenizer, "bytes")
-    full_k = exact(model64, tokenizer, "bytes", top_k=len(tokenizer))
+    full_k = exact(model64, tokenizer, "bytes", tokens_per_boundary=len(tokenizer))
     inputs = exact_model.tokenizer.from_original_ids([prompt], return_tensors="pt")
     torch.testing.assert_close(
         rescore_alone(exact_model, inputs, path), rescore_alone(full_k, inputs, path), rtol=0, atol=1e-12
@@ -160,7 +160,7 @@ def test_truncated_mass_bounds_the_error(model64, tokenizer, settings):
         exact_value = original_prefix_logprob(model64, tokenizer, text)
         score = prefix_logprob(model64, tokenizer, text, **settings)
         assert score.nats <= exact_value + 1e-12 <= score.upper_nats + 2e-12
-    top = exact(model64, tokenizer, "bytes", top_k=3)
+    top = exact(model64, tokenizer, "bytes", tokens_per_boundary=3)
     cache, _ = start_state(top, [start_token_id(tokenizer)])
     cover = cache.scheduler.members[0].cover
     kept, truncated = float(cover.kept_logmass()[0]), float(cover.truncated[0])
@@ -200,7 +200,9 @@ def _masked_greedy(model, tokenizer, prompt, max_new_tokens):
 @pytest.mark.parametrize("sub_vocab", ["bytes", "max-bytes:3"])
 def test_k1_greedy_equals_original_greedy(model64, tokenizer, sub_vocab):
     """K=1 over a batch of prompts of mixed lengths reproduces each prompt's plain greedy text."""
-    reduced = ReducedVocabLM.from_model(model64, tokenizer, sub_vocab, top_k=1, prompt_boundary="canonical")
+    reduced = ReducedVocabLM.from_model(
+        model64, tokenizer, sub_vocab, tokens_per_boundary=1, prompt_boundary="canonical"
+    )
     enc = reduced.tokenizer(PROMPTS, return_tensors="pt")
     out = reduced.generate(**enc, max_new_tokens=30, do_sample=False)
     for row, prompt in enumerate(PROMPTS):
@@ -212,7 +214,7 @@ def test_k1_greedy_equals_original_greedy(model64, tokenizer, sub_vocab):
 def test_generate_features_work(tokenizer):
     """Sampling with temperature/top-p, a streamer, a user logits processor and EOS all pass through."""
     model = tiny_causal_lm(tokenizer)
-    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", top_k=20)
+    reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", tokens_per_boundary=20)
     enc = reduced.tokenizer(["It is", "The quick brown"], return_tensors="pt")
     torch.manual_seed(0)
     sampled = reduced.generate(**enc, max_new_tokens=6, do_sample=True, temperature=0.7, top_p=0.9)
@@ -245,7 +247,7 @@ def test_generate_features_work(tokenizer):
 
 def test_chat_template_prompt_round_trips(byte_level_tokenizer):
     model = tiny_causal_lm(byte_level_tokenizer)
-    reduced = ReducedVocabLM.from_model(model, byte_level_tokenizer, "bytes", top_k=1)
+    reduced = ReducedVocabLM.from_model(model, byte_level_tokenizer, "bytes", tokens_per_boundary=1)
     messages = [{"role": "user", "content": "hi"}]
     enc = reduced.tokenizer.apply_chat_template(messages, return_tensors="pt")
     original = byte_level_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -311,7 +313,7 @@ def test_max_new_bytes_budget_stops_on_text_length(byte_level_tokenizer):
     from hf_coop.vocab.reduced_lm import MaxNewBytesCriteria
 
     reduced = ReducedVocabLM.from_model(
-        tiny_causal_lm(byte_level_tokenizer), byte_level_tokenizer, "max-bytes:3", top_k=1
+        tiny_causal_lm(byte_level_tokenizer), byte_level_tokenizer, "max-bytes:3", tokens_per_boundary=1
     )
     enc = reduced.tokenizer(["It is", "The quick brown"], return_tensors="pt")
     width = enc["input_ids"].shape[1]
@@ -393,3 +395,10 @@ def test_empty_rows_and_texts_past_the_positions_are_refused(byte_level_tokenize
     reduced.original.config.max_position_embeddings = 8
     with pytest.raises(InputError, match="past the model's 8 positions"):
         reduced.generate(**reduced.tokenizer("It is a truth", return_tensors="pt"), max_new_tokens=4)
+
+
+def test_top_k_is_a_deprecated_name_for_tokens_per_boundary(byte_level_tokenizer):
+    model = tiny_causal_lm(byte_level_tokenizer)
+    with pytest.warns(FutureWarning, match="tokens_per_boundary"):
+        reduced = ReducedVocabLM.from_model(model, byte_level_tokenizer, "bytes", top_k=2)
+    assert reduced.settings.tokens_per_boundary == 2

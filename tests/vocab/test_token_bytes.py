@@ -61,7 +61,7 @@ def test_wordpiece_tokenizer_is_refused():
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m", "gpt2"])
 def test_token_bytes_on_real_tokenizers_over_a_megabyte(name):
     """The property on the real tokenizers over 1 MB of the King James Bible and 1 MB of Wikipedia."""
-    from hf_coop.assets import gpt2_tokenizer, kjv_text, wikipedia_prose
+    from benchmarks.assets import gpt2_tokenizer, kjv_text, wikipedia_prose
     from hf_coop.models import load_tokenizer
 
     tokenizer = gpt2_tokenizer() if name == "gpt2" else load_tokenizer(name)

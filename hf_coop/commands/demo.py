@@ -9,9 +9,10 @@ import time
 
 import torch
 
-from hf_coop.models import DEMO_MODELS, load_model
+from hf_coop.commands.ensemble import add_bound_arguments
+from hf_coop.models import DEMO_MODELS, bundled_passage, load_model
 from hf_coop.scoring import canonical_logprob
-from hf_coop.testing import bundled_passage
+from hf_coop.vocab.engine.settings import BOUNDED_MAX_HYPOTHESES, BOUNDED_PRUNE_RATIO
 
 DEFAULT_PROMPT = "The capital of France is"
 
@@ -40,7 +41,8 @@ def run_demo(
     max_new_tokens: int,
     weights: list[float] | None = None,
     mode: str = "mean",
-    k: int = 4,
+    max_hypotheses: int | None = BOUNDED_MAX_HYPOTHESES,
+    prune_ratio: float = BOUNDED_PRUNE_RATIO,
     score_bytes: int = 400,
 ) -> None:
     from hf_coop.vocab.ensemble import CommonVocabEnsemble
@@ -70,14 +72,20 @@ def run_demo(
 
     ensemble, build_s = _timed(
         lambda: CommonVocabEnsemble.from_models(
-            [m for m, _ in loaded], [t for _, t in loaded], weights, mode, k, 1e-4, names=models
+            [m for m, _ in loaded],
+            [t for _, t in loaded],
+            weights,
+            mode,
+            max_hypotheses,
+            prune_ratio,
+            names=models,
         )
     )
     print(
         f"Ensemble ({mode}, weights {[round(w, 3) for w in ensemble.weights]}) over their maximal common vocabulary "
         f"({ensemble.config.mcv_size} strings; built in {build_s:.1f}s)"
     )
-    score, score_s = _timed(lambda: ensemble_logprob(ensemble, passage, k, 1e-4))
+    score, score_s = _timed(lambda: ensemble_logprob(ensemble, passage, max_hypotheses, prune_ratio))
     print(
         f"  passage: {score.bits_per_byte:.4f} bits/byte ({score.n_tokens} MCV tokens, scored in {score_s:.1f}s)"
     )
@@ -98,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
         args.max_new_tokens,
         args.weights,
         args.mode,
-        args.k,
+        args.max_hypotheses or None,
+        args.prune_ratio,
         args.score_bytes,
     )
     return 0
@@ -116,6 +125,6 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--weights", type=float, nargs="+", help="ensemble weights, one per model (default equal)")
     p.add_argument("--mode", choices=("mean", "product"), default="mean")
-    p.add_argument("--k", type=int, default=4, help="hypotheses kept per member and step")
+    add_bound_arguments(p)
     p.add_argument("--score-bytes", type=int, default=400, help="bytes of the bundled passage to score")
     p.set_defaults(func=_run)

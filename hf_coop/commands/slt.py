@@ -6,8 +6,8 @@ import argparse
 import json
 import time
 
-from .config import FROZEN_DISTRIBUTIONS, THRESHOLDS, WEIGHT_INITS, FrozenSLTConfig
-from .model import apply_frozen_slt, inspect_checkpoint
+from hf_coop.slt.config import FROZEN_DISTRIBUTIONS, THRESHOLDS, WEIGHT_INITS, FrozenSLTConfig
+from hf_coop.slt.model import apply_frozen_slt, inspect_checkpoint
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .tasks import ConvNet, accuracy, digits_data, fashion_mnist_data, train_classifier
+    from hf_coop.slt.tasks import ConvNet, accuracy, digits_data, fashion_mnist_data, train_classifier
 
     if args.task == "digits":
         train_x, train_y, test_x, test_y = digits_data(seed=args.seed)

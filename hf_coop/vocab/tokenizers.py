@@ -110,6 +110,23 @@ class SubTokenizerBase:
     def _bytes_of(self, token_id: int, skip_special_tokens: bool) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _encode_texts(
+        self, texts: list[str | bytes], add_special_tokens: bool, return_tensors
+    ) -> BatchEncoding:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def __call__(
+        self,
+        text: str | bytes | list[str | bytes],
+        return_tensors: str | None = None,
+        add_special_tokens: bool = True,
+        **kwargs,
+    ) -> BatchEncoding:
+        """Tokenize like the original tokenizer(s); the options a sub-token tokenizer cannot honour are refused."""
+        _check_call_options(kwargs)
+        texts = [text] if isinstance(text, str | bytes) else list(text)
+        return self._encode_texts(texts, add_special_tokens, return_tensors)
+
     def decode(self, ids, skip_special_tokens: bool = False, **_) -> str:
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         return b"".join(self._bytes_of(i, skip_special_tokens) for i in ids).decode("utf-8", errors="replace")
@@ -185,15 +202,9 @@ class ReducedVocabTokenizer(SubTokenizerBase):
         those very tokens."""
         return self.from_bounded([(r, b"") for r in rows], return_tensors)
 
-    def __call__(
-        self,
-        text: str | bytes | list[str | bytes],
-        return_tensors: str | None = None,
-        add_special_tokens: bool = True,
-        **kwargs,
+    def _encode_texts(
+        self, texts: list[str | bytes], add_special_tokens: bool, return_tensors
     ) -> BatchEncoding:
-        _check_call_options(kwargs)
-        texts = [text] if isinstance(text, str | bytes) else list(text)
         return self.encode_prompts([self.prompt(t, add_special_tokens) for t in texts], return_tensors)
 
     def apply_chat_template(
@@ -296,15 +307,9 @@ class CommonVocabTokenizer(SubTokenizerBase):
             extra["member_tail_bytes"] = [tails[r * n : (r + 1) * n] for r in range(len(bounded))]
         return self._encoding(keys, extra, return_tensors)
 
-    def __call__(
-        self,
-        text: str | bytes | list[str | bytes],
-        return_tensors: str | None = None,
-        add_special_tokens: bool = True,
-        **kwargs,
+    def _encode_texts(
+        self, texts: list[str | bytes], add_special_tokens: bool, return_tensors
     ) -> BatchEncoding:
-        _check_call_options(kwargs)
-        texts = [text] if isinstance(text, str | bytes) else list(text)
         return self._rows(
             [[m.prompt(t, add_special_tokens) for m in self.members] for t in texts], return_tensors
         )

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import torch
 from transformers import GenerationMixin
-from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from hf_coop.errors import ConfigError, InputError
+from hf_coop.vocab.engine.kv import UncompiledCache
 from hf_coop.vocab.engine.scheduler import Scheduler
 
 
-class EngineCache(Cache):
+class EngineCache(UncompiledCache):
     """Every row's engine state for one generation (pass `cache=model.new_cache()` to keep it)."""
 
     def __init__(self, scheduler: Scheduler):
@@ -43,14 +43,6 @@ class EngineCache(Cache):
             "the vocabulary engine cannot undo steps (crop), so assisted/speculative decoding is not supported; "
             "use greedy, sampling or beam search"
         )
-
-    @property
-    def is_compileable(self) -> bool:
-        return False
-
-    @property
-    def is_croppable(self) -> bool:
-        return False
 
     @property
     def is_initialized(self) -> bool:

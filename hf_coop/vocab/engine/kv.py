@@ -21,7 +21,19 @@ from transformers.cache_utils import Cache
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 
-class _StoreView(Cache):
+class UncompiledCache(Cache):
+    """A cache `generate` must neither compile nor crop: the engine's state is not a fixed-shape tensor cache."""
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
+
+
+class _StoreView(UncompiledCache):
     """What a model sees during one forward: rows [r0, r1) of the store; its new keys and values are written
     in place at slots [start, start + q) and attention reads slots [0, start + q)."""
 
@@ -34,14 +46,6 @@ class _StoreView(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.start
-
-    @property
-    def is_compileable(self) -> bool:
-        return False
-
-    @property
-    def is_croppable(self) -> bool:
-        return False
 
 
 class TreeKV:

@@ -14,9 +14,9 @@ from hf_coop.errors import ConfigError, check_int, check_real
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # The library's defaults are exact (no bound). Ensembles, their scoring, the metric's marginal mode aside, and
 # every `hf-coop` command use this one bound instead: at most 8 live hypotheses per model and row, and none
-# lighter than 1e-4 times the heaviest; what the bound drops is reported by the scorers.
+# lighter than 1e-8 times the heaviest; what the bound drops is reported by the scorers.
 BOUNDED_MAX_HYPOTHESES = 8
-BOUNDED_PRUNE_RATIO = 1e-4
+BOUNDED_PRUNE_RATIO = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)

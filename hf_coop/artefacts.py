@@ -3,7 +3,8 @@
 - `atomic_save(folder)`: files are written into a temporary folder next to the target; a manifest with the
   sha256 of every file is written last; then the folder replaces the target by rename. An interrupted save
   leaves the previous artefact as it was (files in the target that the previous manifest did not list, such
-  as a Trainer's checkpoints, are carried over).
+  as a Trainer's checkpoints, are carried over; between the two renames of the swap the previous folder
+  waits, whole, under a hidden `.<name>.old-*` name).
 - `verify_folder(folder)`: every file the manifest lists must be present with its sha256, else `ArtifactError`
   names the file.
 - `local_folder(path_or_repo_id)`: the one resolver for "local folder, cached folder or Hub id"; a path that
@@ -128,10 +129,10 @@ def atomic_save(save_directory: str | os.PathLike, artefact: str) -> Iterator[Pa
         if target.exists():
             if not target.is_dir():
                 raise ArtifactError(f"{target} is a file; save the artefact to a folder")
-            _carry_over(target, staging)
             aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(target, aside)
             os.replace(staging, target)
+            _carry_over(aside, target)
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(staging, target)
@@ -140,15 +141,15 @@ def atomic_save(save_directory: str | os.PathLike, artefact: str) -> Iterator[Pa
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _carry_over(target: Path, staging: Path) -> None:
-    """Move into `staging` what `target` holds besides its previous artefact (e.g. a Trainer's checkpoints, a
-    user's notes): entries the previous manifest did not list and the new artefact does not write. Nothing
-    but the previous artefact's own files is ever dropped."""
-    previous = read_manifest(target)
+def _carry_over(previous_folder: Path, target: Path) -> None:
+    """Move into the new artefact's folder what the previous folder held besides its artefact (e.g. a Trainer's
+    checkpoints, a user's notes): entries the previous manifest did not list and the new artefact does not
+    write. It runs after the swap, so an interruption leaves them in the hidden previous folder, never lost."""
+    previous = read_manifest(previous_folder)
     listed = {Path(name).parts[0] for name in (previous or {}).get("files", {})} | {MANIFEST_FILE}
-    for entry in target.iterdir():
-        if entry.name not in listed and not (staging / entry.name).exists():
-            os.replace(entry, staging / entry.name)
+    for entry in previous_folder.iterdir():
+        if entry.name not in listed and not (target / entry.name).exists():
+            os.replace(entry, target / entry.name)
 
 
 def render_model_card(template_name: str, **fields: Any) -> str:

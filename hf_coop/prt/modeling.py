@@ -143,7 +143,7 @@ class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
             from ..models import load_model
 
             new_base, loaded_tokenizer = load_model(config.new_base_name_or_path)
-            tokenizer = tokenizer or loaded_tokenizer
+            tokenizer = loaded_tokenizer if tokenizer is None else tokenizer
         if (
             config.new_base_fingerprint is not None
             and model_fingerprint(new_base) != config.new_base_fingerprint

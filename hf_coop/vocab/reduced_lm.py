@@ -249,11 +249,13 @@ class ReducedVocabLM(PreTrainedModel, EngineGenerationMixin):
         folder = local_folder(pretrained_model_name_or_path, revision, must_hold=SUB_VOCABULARY_FILE)
         verify_folder(folder, cls.__name__)
         config = ReducedVocabConfig.from_pretrained(folder)
-        if model is None or tokenizer is None:
-            from hf_coop.models import load_model
+        from hf_coop.models import load_model, load_tokenizer
 
-            loaded_model, loaded_tokenizer = load_model(config.base_model_name_or_path)
-            model, tokenizer = model or loaded_model, tokenizer or loaded_tokenizer
+        if model is None:
+            model, loaded_tokenizer = load_model(config.base_model_name_or_path)
+            tokenizer = loaded_tokenizer if tokenizer is None else tokenizer
+        elif tokenizer is None:
+            tokenizer = load_tokenizer(config.base_model_name_or_path)
         for what, saved, got in (
             ("base model", config.base_model_fingerprint, model_fingerprint(model)),
             ("tokenizer", config.tokenizer_fingerprint, tokenizer_fingerprint(tokenizer)),

@@ -235,12 +235,6 @@ def ensemble_logprob(
     at the ensemble's `prompt_boundary`."""
     texts = [text] if isinstance(text, str) else list(text)
     data = [check_text(t) for t in texts]
-    # the text as the first member's MCV tokens; every member must be able to spell it (refused by name)
-    ids = [
-        [text_token_ids(m.tokenizer.original, t, member_name(ensemble, i, "tokenizer")) for t in texts]
-        for i, m in enumerate(ensemble.members)
-    ]
-    rows = [ensemble.members[0].nested.encode_tokens(r) for r in ids[0]]
     if mixtures is None:
         mixes = [(torch.tensor(ensemble.weights, dtype=torch.float64), ensemble.config.mode)]
     else:
@@ -249,6 +243,17 @@ def ensemble_logprob(
             for w, mode in mixtures
         ]
     active = [m for m in range(len(ensemble.members)) if any(w[m] > 0 for w, _ in mixes)]
+    # the text as the first member's MCV tokens; every member that runs must be able to spell it (refused by name)
+    for m in active:
+        for t in texts:
+            text_token_ids(ensemble.members[m].tokenizer.original, t, member_name(ensemble, m, "tokenizer"))
+    first = ensemble.members[0]
+    rows = [
+        first.nested.encode_tokens(
+            text_token_ids(first.tokenizer.original, t, member_name(ensemble, 0, "tokenizer"))
+        )
+        for t in texts
+    ]
     settings = EngineSettings.from_dict(
         {**ensemble.settings.to_dict(), "max_hypotheses": max_hypotheses, "prune_ratio": prune_ratio}
     )

@@ -5,11 +5,17 @@
 
 1. K=1 greedy generation over tokens of at most 3 bytes reproduces the model's own greedy text.
 2. A text's probability summed over all its tokenizations is the same number under every vocabulary.
+3. Saved, the reduction is a small config (no weights) that `AutoModelForCausalLM` reloads onto its base.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
 
 from hf_coop import ReducedVocabLM, canonical_logprob, load_model, prefix_logprob
 from hf_coop.testing import tiny_byte_level_tokenizer, tiny_causal_lm
@@ -21,11 +27,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompt", default="The capital of France is")
     parser.add_argument("--fast", action="store_true", help="use a tiny in-process model")
     args = parser.parse_args(argv)
-    if args.fast:
+    workdir = tempfile.TemporaryDirectory()
+    if args.fast:  # a tiny model, saved so that the reduction can record where its base lives
         tokenizer = tiny_byte_level_tokenizer()
-        model = tiny_causal_lm(tokenizer)
-    else:
-        model, tokenizer = load_model(args.model)
+        tiny_causal_lm(tokenizer).save_pretrained(Path(workdir.name, "base"))
+        tokenizer.save_pretrained(Path(workdir.name, "base"))
+        args.model = str(Path(workdir.name, "base"))
+    model, tokenizer = load_model(args.model)
 
     reduced = ReducedVocabLM.from_model(model, tokenizer, "max-bytes:3", tokens_per_boundary=1)
     inputs = reduced.tokenizer(args.prompt, return_tensors="pt")
@@ -45,11 +53,20 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"all tokenizations   : {marginal.bits_per_byte:.4f} bits/byte (dropped mass {marginal.truncated_mass:.1e})"
     )
+
+    folder = Path(workdir.name, "reduced")
+    reduced.save_pretrained(folder)
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, model=model, tokenizer=tokenizer)
+    again = reloaded.generate(**inputs, max_new_tokens=30, do_sample=False)
+    print(f"saved and reloaded  : {size / 1e3:.0f} kB, same text: {torch.equal(again, out)}")
+    workdir.cleanup()
     return {
         "plain": plain_text,
         "reduced": reduced_text,
         "canonical": canonical.nats,
         "marginal": marginal.nats,
+        "reloaded_equal": torch.equal(again, out),
     }
 
 

@@ -11,3 +11,4 @@ def test_reduced_vocab_example_runs_in_fast_mode():
     results = example.main(["--fast"])
     assert results["reduced"].startswith(results["plain"][:5])
     assert results["marginal"] >= results["canonical"] - 1e-4
+    assert results["reloaded_equal"]

@@ -170,16 +170,21 @@ def check_members(
         )
 
 
+# bytes no UTF-8 text contains: a vocabulary without them loses nothing
+_NEVER_IN_UTF8 = {f"{b:02x}" for b in (0xC0, 0xC1, *range(0xF5, 0x100))}
+
+
 def _warn_unspellable_bytes(members: Sequence[ReducedVocabLM]) -> None:
-    """Say which single bytes some member cannot spell (no byte fallback): the ensemble never produces them."""
+    """Say which bytes of UTF-8 text some member has no token for (a vocabulary without byte fallback, or one
+    that dropped rare control bytes): the ensemble never produces them, and texts holding them are refused."""
     if len(members) < 2:
         return
     for index, member in enumerate(members):
-        missing = unspellable_bytes(member.nested.table)
+        missing = [b for b in unspellable_bytes(member.nested.table) if b not in _NEVER_IN_UTF8]
         if missing:
             logger.warning(
-                "member %d's tokenizer cannot spell %d single bytes (no byte fallback; e.g. %s): the ensemble "
-                "never produces them, and texts holding them cannot be scored",
+                "member %d's tokenizer has no token holding %d bytes that UTF-8 text may contain (e.g. %s): the "
+                "ensemble never produces them, and texts holding them cannot be scored",
                 index,
                 len(missing),
                 ", ".join(missing[:8]),

@@ -111,11 +111,6 @@ class TransformersRunner:
     def _call(self, view, input_ids, masks, positions, keep: torch.Tensor | None):
         """Logits of the last position of each row (`keep` None), or `[n, vocab]` for the positions where the
         bool grid `keep` is True (row-major): the output head never runs on padding."""
-        if self.max_positions is not None and int(positions.max()) >= self.max_positions:
-            raise InputError(
-                f"a history reaches position {int(positions.max())}, past the model's {self.max_positions} "
-                "positions (its config's max_position_embeddings): give shorter prompts or fewer new tokens"
-            )
         kwargs = {self.cache_kwarg: view, "use_cache": True}
         if self.keeps_logits:
             kwargs["logits_to_keep"] = 1 if keep is None else keep
@@ -138,8 +133,17 @@ class TransformersRunner:
             return logits[:, -1]
         return logits if logits.dim() == 2 else logits[keep]  # a model that ignored the bool grid
 
+    def _check_positions(self, highest: torch.Tensor) -> None:
+        """Refuse histories past the model's positions (one host read per prefill or step, not per forward)."""
+        if self.max_positions is not None and int(highest) >= self.max_positions:
+            raise InputError(
+                f"a history reaches position {int(highest)}, past the model's {self.max_positions} positions "
+                "(its config's max_position_embeddings): give shorter prompts or fewer new tokens"
+            )
+
     @torch.no_grad()
     def start(self, prompt_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_positions(lengths.max() - 1)
         rows, width = prompt_ids.shape
         prompt_ids, lengths = prompt_ids.to(self.device), lengths.to(self.device)
         self.store = store = TreeKV(rows, self.device, self.sliding_window)
@@ -191,6 +195,8 @@ class TransformersRunner:
         """See the module docstring; rows are read from the parents' handles. `plan` (from `plan`) may be
         given when it was used to choose the queries; every row's queries must fit its group's width."""
         store = self.store
+        if len(parents):
+            self._check_positions(store.h_pos[parents].max() + 1)
         n = len(parents)
         rows = store.h_row[parents]
         counts = torch.bincount(rows, minlength=store.n_rows)

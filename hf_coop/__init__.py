@@ -20,6 +20,7 @@ _PUBLIC = {
     "CommonVocabLogitsProcessor": "hf_coop.vocab",
     "ConfigError": "hf_coop.errors",
     "CoopError": "hf_coop.errors",
+    "CrossTokenizerPRTModel": "hf_coop.prt",
     "EFTLogitsProcessor": "hf_coop.prt",
     "FrozenSLTCallback": "hf_coop.slt",
     "FrozenSLTConfig": "hf_coop.slt",

@@ -109,6 +109,32 @@ class TestPRTModel(ArtefactContract):
         return _logits(artefact, tiny_byte_level_tokenizer())
 
 
+class TestCrossTokenizerPRTModel(ArtefactContract):
+    """A PRT model whose reward speaks another tokenizer (run over the common vocabulary)."""
+
+    artefact = "PRTModel"
+
+    def build(self, tmp_path, variant=0):
+        from tests.prt.test_cross_tokenizer import lora_reward
+
+        old, old_tokenizer = saved_model_folder(
+            tiny_causal_lm(tiny_byte_level_tokenizer()), tiny_byte_level_tokenizer(), tmp_path / "old"
+        )
+        new, new_tokenizer = saved_model_folder(
+            tiny_causal_lm(tiny_sentencepiece_tokenizer(), arch="gemma3", seed=1),
+            tiny_sentencepiece_tokenizer(),
+            tmp_path / "new",
+        )
+        reward = lora_reward(old, old_tokenizer, reward_scale=0.5 + variant)
+        return PRTModel(new, reward, tokenizer=new_tokenizer, max_hypotheses=4)
+
+    def load(self, folder):
+        return PRTModel.from_pretrained(folder)
+
+    def outputs(self, artefact):
+        return _logits(artefact, artefact.tokenizer)
+
+
 class TestFrozenSLTModel(ArtefactContract):
     artefact = "FrozenSLTModel"
 

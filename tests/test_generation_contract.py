@@ -52,3 +52,21 @@ class TestPRTModelGenerates(GenerationContract):
             logprobs = model(input_ids=ids, use_cache=False).logits[0]
         width = ids.shape[1] - len(tokens)
         return sum(float(logprobs[width - 1 + i, t]) for i, t in enumerate(tokens))
+
+
+class TestCrossTokenizerPRTModelGenerates(GenerationContract):
+    def model(self, tmp_path):
+        from tests.prt.test_cross_tokenizer import lora_reward
+
+        old_tokenizer, new_tokenizer = tiny_byte_level_tokenizer(), tiny_sentencepiece_tokenizer()
+        old = tiny_causal_lm(old_tokenizer, dtype=torch.float64)
+        new = tiny_causal_lm(new_tokenizer, arch="gemma3", seed=1, dtype=torch.float64)
+        reward = lora_reward(old, old_tokenizer)
+        return PRTModel(
+            new,
+            reward,
+            tokenizer=new_tokenizer,
+            reward_tokenizer=old_tokenizer,
+            max_hypotheses=4,
+            dtype="float64",
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from hf_coop.errors import InputError
 
@@ -44,8 +45,22 @@ def add_subcommands(subparsers) -> None:
 
     generate = commands.add_parser("generate", help="generate with a new base steered by a PRT reward")
     generate.add_argument("prompt", help="the prompt text")
-    generate.add_argument("--base", required=True, help="new base: demo model name, local folder or hub id")
-    generate.add_argument("--reward", required=True, help="folder (or hub id) of a saved PRT reward model")
+    generate.add_argument(
+        "--model",
+        "--base",
+        dest="base",
+        required=True,
+        help="new base: demo model name, local folder or hub id",
+    )
+    generate.add_argument(
+        "--reward",
+        required=True,
+        help="folder (or hub id) of a saved PRT reward model; one trained over another tokenizer runs over the "
+        "common vocabulary of both",
+    )
+    generate.add_argument(
+        "--transfer-scale", type=float, default=1.0, help="s of the cross-tokenizer rule (default 1)"
+    )
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--num-beams", type=int, default=1)
     generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -122,23 +137,41 @@ def run_train(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from hf_coop.models import load_model
     from hf_coop.prt import PRTModel, PRTRewardModel
+    from hf_coop.prt.cross_tokenizer import crosses_tokenizers
 
     new_base, tokenizer = load_model(args.base)
-    reward = PRTRewardModel.from_pretrained(args.reward, tokenizer=tokenizer)
-    model = PRTModel(new_base, reward, tokenizer=tokenizer)
-    if args.chat:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True
+    reward = PRTRewardModel.from_pretrained(args.reward)
+    if crosses_tokenizers(reward, tokenizer):
+        model = PRTModel(new_base, reward, tokenizer=tokenizer, transfer_scale=args.transfer_scale)
+        print(
+            f"the reward was trained over another tokenizer (base {reward.prt_config.base_model_name_or_path}): "
+            f"generating over the common vocabulary of both ({model.config.mcv_size} strings)",
+            file=sys.stderr,
         )
+        generate_text(model, model.tokenizer, args, pad_token_id=None)
+        return 0
+    model = PRTModel(new_base, reward, tokenizer=tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generate_text(model, tokenizer, args, pad_token_id=pad)
+    return 0
+
+
+def generate_text(model, tokenizer, args: argparse.Namespace, pad_token_id: int | None) -> None:
+    """Generate from the prompt (in the chat template with `--chat`) and print the new text."""
+    conversation = [{"role": "user", "content": args.prompt}]
+    if args.chat and hasattr(tokenizer, "encode_prompts"):  # the common vocabulary's tokenizer
+        inputs = tokenizer.apply_chat_template(conversation, return_tensors="pt")
+    elif args.chat:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        inputs = tokenizer(text, return_tensors="pt")
     else:
-        text = args.prompt
-    inputs = tokenizer(text, return_tensors="pt")
+        inputs = tokenizer(args.prompt, return_tensors="pt")
+    options = {} if pad_token_id is None else {"pad_token_id": pad_token_id}
     output = model.generate(
         **inputs,
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
         do_sample=args.sample,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        **options,
     )
-    print(tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
-    return 0
+    print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))

@@ -116,7 +116,8 @@ PRTConfig.__init__ = _accept_temperature(PRTConfig.__init__)
 @dataclasses.dataclass
 class PRTModelConfig(CoopConfig):
     """Saved by `PRTModel.save_pretrained` (`prt_model.json`): the new base by id or folder and fingerprint;
-    λ and the vocabulary size used at inference. The reward is saved beside it, in `reward/`."""
+    λ and the vocabulary size used at inference; across tokenizers also s, the engine settings, the prompt
+    boundary and the MCV's fingerprint. The reward is saved beside it, in `reward/`."""
 
     config_name: ClassVar[str] = "prt_model.json"
     format_version: ClassVar[int] = 1
@@ -125,6 +126,11 @@ class PRTModelConfig(CoopConfig):
     new_base_fingerprint: str | None = None
     reward_scale: float = 1.0
     vocab_size: int | None = None
+    # set when the reward speaks another tokenizer (the model runs over the MCV of both)
+    transfer_scale: float | None = None
+    cross_tokenizer_engine: dict[str, Any] | None = None
+    prompt_boundary: str | None = None
+    mcv_fingerprint: str | None = None
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..vocab.ensemble import normalise_on_common_support
 
 
 def shared_vocab_size(*logits: torch.Tensor, vocab_size: int | None = None) -> int:
@@ -75,6 +76,27 @@ def proxy_tuning_log_probs(
     size = shared_vocab_size(new_logits, finetuned_logits, base_logits, vocab_size=vocab_size)
     new, ft, base = (t[..., :size].float() for t in (new_logits, finetuned_logits, base_logits))
     return F.log_softmax(new + alpha * (ft - base), dim=-1)
+
+
+def transfer_log_probs(
+    new_logprobs: torch.Tensor,
+    tuned_logprobs: torch.Tensor,
+    base_logprobs: torch.Tensor,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Steer a new model by a tuned/base pair speaking the same vocabulary (across tokenizers: their
+    distributions reduced to the common vocabulary): `log p_new + s (log p_tuned − log p_base)`, renormalised
+    over the tokens all three give a positive probability.
+
+    With p_tuned PRT's training view `softmax(log p_base + r/λ)` and s = 1 this is PRT's rule (the normalisers
+    cancel); with p_tuned a fine-tuned model it is EFT's. Inputs are normalised log-probabilities."""
+    dtype = torch.promote_types(new_logprobs.dtype, torch.float32)  # float64 oracles keep their precision
+    stacked = torch.stack([t.to(dtype) for t in (new_logprobs, tuned_logprobs, base_logprobs)])
+    safe = stacked.clamp(min=torch.finfo(stacked.dtype).min)
+    combined = safe[0] + scale * (safe[1] - safe[2])
+    shape = combined.shape  # any leading dimensions, like the other rules
+    rows = normalise_on_common_support(combined.reshape(-1, shape[-1]), stacked.reshape(3, -1, shape[-1]))
+    return rows.reshape(shape)
 
 
 def reward_entropy(reward_logits: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:

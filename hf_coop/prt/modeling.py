@@ -23,6 +23,7 @@ from ..artefacts import (
 )
 from ..config_utils import ArtifactError, model_fingerprint
 from ..errors import ConfigError, check_finite
+from ..vocab.engine.settings import EngineSettings
 from .config import PRTConfig, PRTModelConfig, RewardScaleAlias, resolve_reward_scale
 from .core import pad_vocab, prt_log_probs
 from .processors import _unwrap_reward
@@ -48,12 +49,36 @@ class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
     warpers and beam search act on the PRT distribution. Both members run with their own KV cache, held
     together in a `PRTCache`.
 
+    A reward trained over **another tokenizer** (its `PRTConfig` fingerprint differs from `tokenizer`'s) gives a
+    `CrossTokenizerPRTModel` instead, which runs over the maximal common vocabulary of both tokenizers:
+    `log π_new + s (log π_θ − log π_old)` with the reward's base π_old and `π_θ = softmax(log π_old + r/λ)`
+    (see `hf_coop.prt.cross_tokenizer`); its `.tokenizer` encodes prompts and decodes outputs.
+
     Args:
-        new_base: any causal LM with the reward's tokenizer (its head may be larger).
-        reward_model: a `PRTRewardModel` (λ and vocabulary from its config) or a bare causal LM.
+        new_base: any causal LM (its head may be larger than its tokenizer).
+        reward_model: a `PRTRewardModel` (λ and vocabulary from its config) or a bare causal LM with the new
+            base's tokenizer.
         reward_scale / vocab_size: override λ / the number of token ids combined.
-        tokenizer: the new base's tokenizer, checked against the reward's vocabulary fingerprint.
+        tokenizer: the new base's tokenizer, compared with the reward's vocabulary fingerprint.
+        cross_tokenizer: across tokenizers only: `transfer_scale` (s), `reward_base` / `reward_tokenizer` (else
+            the ones the reward records), `max_hypotheses`, `prune_ratio`, `prompt_boundary` and engine
+            options (`dtype`, `max_batch`).
     """
+
+    def __new__(cls, new_base=None, reward_model=None, *args: Any, tokenizer=None, **kwargs: Any):
+        from .cross_tokenizer import cross_tokenizer_prt, crosses_tokenizers
+
+        if crosses_tokenizers(reward_model, tokenizer):
+            if args:
+                raise ConfigError(
+                    "pass reward_scale and the other options of a cross-tokenizer PRT by keyword"
+                )
+            kwargs.pop("vocab_size", None)
+            reward_scale = resolve_reward_scale(
+                kwargs.pop("reward_scale", None), kwargs.pop("temperature", None), "PRTModel"
+            )
+            return cross_tokenizer_prt(new_base, reward_model, tokenizer, reward_scale, **kwargs)
+        return super().__new__(cls)
 
     base_model_prefix = "prt"
     main_input_name = "input_ids"
@@ -71,7 +96,15 @@ class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
         vocab_size: int | None = None,
         tokenizer=None,
         temperature: float | None = None,
+        **cross_tokenizer: Any,
     ):
+        if cross_tokenizer:
+            raise ConfigError(
+                f"{sorted(cross_tokenizer)} apply only to a reward trained over another tokenizer; this reward "
+                "shares the new base's tokenizer (or no tokenizer was given to compare)"
+            )
+        if tokenizer is None and isinstance(reward_model, PRTRewardModel):
+            _check_same_vocabulary_size(new_base, reward_model)
         super().__init__(copy.deepcopy(new_base.config))
         reward, self.reward_scale, self.vocab_size = _unwrap_reward(
             reward_model, resolve_reward_scale(reward_scale, temperature, "PRTModel"), vocab_size, tokenizer
@@ -132,17 +165,20 @@ class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
         new_base: PreTrainedModel | None = None,
         tokenizer=None,
         revision: str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> PRTModel:
         """Rebuild a saved PRT model: the new base from its recorded id (or `new_base`, already loaded, checked
-        against the saved fingerprint) and the reward from `reward/`."""
+        against the saved fingerprint) and the reward from `reward/`, loaded in `dtype` (default float32).
+        `kwargs` go to the cross-tokenizer model (e.g. `reward_tokenizer`, `reward_base`)."""
+        model_kwargs = {} if dtype is None else {"dtype": dtype}
         folder = local_folder(pretrained_model_name_or_path, revision, must_hold=PRTModelConfig.config_name)
         verify_folder(folder, cls.__name__)
         config = PRTModelConfig.from_pretrained(folder)
         if new_base is None:
             from ..models import load_model
 
-            new_base, loaded_tokenizer = load_model(config.new_base_name_or_path)
+            new_base, loaded_tokenizer = load_model(config.new_base_name_or_path, **model_kwargs)
             tokenizer = loaded_tokenizer if tokenizer is None else tokenizer
         if (
             config.new_base_fingerprint is not None
@@ -152,8 +188,32 @@ class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
                 f"the new base has fingerprint {model_fingerprint(new_base)}, but {folder} was saved with "
                 f"{config.new_base_fingerprint} ({config.new_base_name_or_path}): pass the base it was built on"
             )
-        reward = PRTRewardModel.from_pretrained(os.path.join(folder, REWARD_FOLDER), tokenizer=tokenizer)
-        return cls(new_base, reward, config.reward_scale, config.vocab_size, tokenizer=tokenizer)
+        if config.transfer_scale is None:
+            reward = PRTRewardModel.from_pretrained(
+                os.path.join(folder, REWARD_FOLDER), tokenizer=tokenizer, **model_kwargs
+            )
+            return cls(new_base, reward, config.reward_scale, config.vocab_size, tokenizer=tokenizer)
+        if tokenizer is None:
+            raise ConfigError(
+                "a cross-tokenizer PRT model needs the new base's tokenizer: pass tokenizer=..."
+            )
+        reward = PRTRewardModel.from_pretrained(os.path.join(folder, REWARD_FOLDER), **model_kwargs)
+        model = cls(
+            new_base,
+            reward,
+            tokenizer=tokenizer,
+            reward_scale=config.reward_scale,
+            transfer_scale=config.transfer_scale,
+            prompt_boundary=config.prompt_boundary,
+            settings=EngineSettings.from_dict(config.cross_tokenizer_engine),
+            **kwargs,
+        )
+        if model.config.mcv_fingerprint != config.mcv_fingerprint:
+            raise ArtifactError(
+                f"the common vocabulary of these tokenizers ({model.config.mcv_fingerprint}) is not the saved one "
+                f"({config.mcv_fingerprint}): load the new base's tokenizer it was saved with"
+            )
+        return model
 
     def new_cache(self) -> PRTCache:
         return PRTCache(DynamicCache(config=self.new_base.config), DynamicCache(config=self.reward.config))
@@ -191,6 +251,20 @@ class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
         if kwargs.get("cache") is None and kwargs.get("use_cache", True):
             kwargs["cache"] = self.new_cache()
         return super().generate(*args, **kwargs)
+
+
+def _check_same_vocabulary_size(new_base: nn.Module, reward: PRTRewardModel) -> None:
+    """Without a tokenizer to compare, refuse a new base whose head is more than 10 % larger than the reward's
+    vocabulary (padding rows are fewer): a reward trained over another tokenizer would add its scores to
+    unrelated token ids."""
+    vocab = reward.prt_config.vocab_size or reward.model.get_output_embeddings().weight.shape[0]
+    head = new_base.get_output_embeddings().weight.shape[0]
+    if head > 1.1 * vocab:
+        raise ConfigError(
+            f"the new base's head has {head} rows but the reward's vocabulary {vocab} tokens: pass "
+            "tokenizer=<the new base's tokenizer> so the vocabularies can be compared (a reward over another "
+            "tokenizer runs over the common vocabulary)"
+        )
 
 
 class PRTModelForClassification(RewardScaleAlias, nn.Module):

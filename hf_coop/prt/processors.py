@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from ..errors import InputError, check_finite
+from ..errors import ArtifactError, InputError, check_finite
 from .config import RewardScaleAlias, resolve_reward_scale
 from .core import eft_log_probs, pad_vocab, proxy_tuning_log_probs, prt_log_probs
 from .reward_model import PRTRewardModel
@@ -137,6 +137,15 @@ def _unwrap_reward(reward_model, reward_scale: float | None, vocab_size: int | N
         )
     if tokenizer is not None and vocab_size is None:
         vocab_size = len(tokenizer)
+        head = reward_model.get_output_embeddings().weight.shape[0]
+        if head < vocab_size:
+            raise ArtifactError(
+                f"the reward is a plain model whose head has {head} rows, fewer than the {vocab_size} tokens of the "
+                "new base's tokenizer: it speaks another vocabulary, and a plain model records neither its base nor "
+                "its tokenizer. Make it a reward: PRTRewardModel(model, reward_config_from_models(PRTConfig(), "
+                "old_base, old_tokenizer)) (hf_coop.prt.reward_model; PRTTrainer saves rewards that way), then "
+                "PRTModel(new_base, reward, tokenizer=new_tokenizer) applies it across tokenizers"
+            )
     return reward_model, 1.0 if reward_scale is None else reward_scale, vocab_size
 
 

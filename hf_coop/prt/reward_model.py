@@ -109,8 +109,9 @@ def check_output_space(
             raise ArtifactError(
                 f"the {who}'s tokenizer ({len(tokenizer)} tokens) is not the vocabulary this reward was "
                 f"trained over ({config.vocab_size} tokens, fingerprint {config.vocab_fingerprint}): "
-                "token ids would mean different strings. PRT needs the same tokenizer; crossing tokenizers "
-                "needs a common vocabulary (hf_coop.vocab)"
+                "token ids would mean different strings. Across tokenizers PRT runs over their common vocabulary: "
+                "PRTModel(new_base, reward, tokenizer=new_tokenizer) builds it (a logits processor cannot: it "
+                "works in the new base's token ids)"
             )
     if id2label is not None:
         if config.task_type != "classification":
@@ -142,6 +143,67 @@ class PRTRewardModel(
         super().__init__()
         self.model = model
         self.prt_config = prt_config
+        self.source_folder: str | None = None  # the folder it was loaded from, if any
+
+    def load_base(self, base_model: PreTrainedModel | None = None, tokenizer=None):
+        """(old base, its tokenizer): what the reward was trained through, for applying it across tokenizers.
+
+        The tokenizer is `tokenizer`, else the one saved beside the reward, else the recorded base's; it must be
+        the vocabulary the reward was trained over (fingerprint). The base is `base_model`, else None for a
+        peft adapter (its adapter-free path is the base), else loaded from the recorded id."""
+        config = self.prt_config
+        if config.task_type != "causal_lm" or config.vocab_fingerprint is None:
+            raise ArtifactError(
+                "this reward records no vocabulary fingerprint, so the tokenizer it was trained over cannot be "
+                "checked; train it with PRTTrainer(..., processing_class=tokenizer) or set "
+                "prt_config.vocab_fingerprint = vocab_fingerprint(tokenizer)"
+            )
+        if tokenizer is None:
+            tokenizer = self._find_base_tokenizer()
+        found = vocab_fingerprint(tokenizer)
+        if found != config.vocab_fingerprint:
+            raise ArtifactError(
+                f"the reward's base tokenizer has fingerprint {found} ({len(tokenizer)} tokens, "
+                f"{getattr(tokenizer, 'name_or_path', '') or 'unnamed'}), but the reward was trained over "
+                f"{config.vocab_fingerprint} ({config.vocab_size} tokens, base "
+                f"{config.base_model_name_or_path}): pass the tokenizer of the base it was trained through"
+            )
+        if base_model is None and not hasattr(self.model, "peft_config"):
+            base_model = self._load_recorded_base()
+        return base_model, tokenizer
+
+    def _find_base_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from ..models import resolve_model_path
+
+        config = self.prt_config
+        tried = []
+        for where in (self.source_folder, config.base_model_name_or_path):
+            if where is None:
+                continue
+            try:
+                return AutoTokenizer.from_pretrained(resolve_model_path(where))
+            except Exception as error:  # noqa: BLE001 - every reason is reported below
+                tried.append(f"{where}: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
+        raise ArtifactError(
+            f"the tokenizer this reward was trained over (fingerprint {config.vocab_fingerprint}, "
+            f"{config.vocab_size} tokens) cannot be found ({'; '.join(tried) or 'no base recorded'}); pass it: "
+            "reward_tokenizer=AutoTokenizer.from_pretrained(<the reward's base>)"
+        )
+
+    def _load_recorded_base(self) -> PreTrainedModel:
+        from ..models import resolve_model_path
+
+        name = self.prt_config.base_model_name_or_path
+        if name is None:
+            raise ArtifactError(
+                "this reward records no base model, which π_old needs across tokenizers; pass reward_base=..."
+            )
+        path = resolve_model_path(name)
+        with reading_weights(path):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype)
+        return model.to(self.model.device).eval()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -238,6 +300,7 @@ class PRTRewardModel(
         model.eval()
         _check_saved_consistency(config, model, path)
         reward = cls(model, config)
+        reward.source_folder = path
         reward.check_compatible(tokenizer=tokenizer, id2label=id2label, who="given")
         return reward
 

@@ -76,14 +76,20 @@ def combine(member_logprobs: torch.Tensor, weights: torch.Tensor, mode: str) -> 
     log Σ_m w_m p_m; product: Σ_m w_m log p_m; both renormalised over that common support. A row whose
     members share no token is refused."""
     weights = weights.to(member_logprobs)
-    shared = torch.isfinite(member_logprobs).all(0)
     if mode == "mean":
         combined = torch.logsumexp(member_logprobs + weights.log()[:, None, None], dim=0)
     else:
         combined = (
             weights[:, None, None] * member_logprobs.clamp(min=torch.finfo(member_logprobs.dtype).min)
         ).sum(0)
-    combined = torch.where(shared, combined, NEG_INF)
+    return normalise_on_common_support(combined, member_logprobs)
+
+
+def normalise_on_common_support(combined: torch.Tensor, member_logprobs: torch.Tensor) -> torch.Tensor:
+    """`combined` `(rows, vocab)` renormalised over the tokens every member of `member_logprobs`
+    `(members, rows, vocab)` gives a positive probability; rows where the members share no such token are
+    refused (rows whose members are all finished, every entry -inf, stay as they are)."""
+    combined = torch.where(torch.isfinite(member_logprobs).all(0), combined, NEG_INF)
     total = torch.logsumexp(combined, dim=1, keepdim=True)
     stuck = torch.isfinite(member_logprobs).any(-1).all(0) & ~torch.isfinite(total[:, 0])
     if bool(stuck.any()):
@@ -367,7 +373,7 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
     def step_rows(self, cache: EngineCache, column: torch.Tensor) -> None:
         ended = column == self.num_text
         for member in cache.scheduler.members:
-            member.cover.finish_rows(ended.to(member.cover.device))
+            member.finish_rows(ended)
         sub = column.clamp(max=self.num_text - 1)
         cache.scheduler.step([sub] * len(cache.scheduler.members), active=~ended)
 
@@ -380,12 +386,14 @@ class CommonVocabEnsemble(PreTrainedModel, EngineGenerationMixin):
             for m, lp in zip(members, scheduler.next_logprobs())
         ]
 
-    def row_logprobs(self, cache: EngineCache) -> torch.Tensor:
+    def combined_logprobs(self, scheduler: Scheduler) -> torch.Tensor:
+        """`[rows, ensemble vocab]`: the active members' distributions combined by the ensemble's rule."""
         active = self.active_members()
         weights = torch.tensor([self._weights[m] for m in active], dtype=torch.float64)
-        combined = combine(
-            torch.stack(self.member_logprobs(cache.scheduler, active)), weights, self.config.mode
-        )
+        return combine(torch.stack(self.member_logprobs(scheduler, active)), weights, self.config.mode)
+
+    def row_logprobs(self, cache: EngineCache) -> torch.Tensor:
+        combined = self.combined_logprobs(cache.scheduler)
         finished = cache.scheduler.members[0].cover.finished
         pad = pad_logprobs(len(combined), combined.shape[1], self.num_text, combined.device).to(
             combined.dtype

@@ -90,3 +90,39 @@ def test_unknown_data_file_type_is_refused(tmp_path, saved_models):
                 str(tmp_path / "o"),
             ]
         )
+
+
+def test_generate_with_a_reward_over_another_tokenizer_runs_over_the_common_vocabulary(
+    tmp_path, saved_models, sentencepiece_tokenizer, capsys
+):
+    from hf_coop.models import load_model
+    from hf_coop.prt import PRTModel, PRTRewardModel
+
+    data = tmp_path / "train.txt"
+    data.write_text("Q: 3 + 4\nA: 7\n" * 8)
+    reward_folder = tmp_path / "reward"
+    train = [
+        "prt",
+        "train",
+        "--base",
+        saved_models["source"],
+        "--data",
+        str(data),
+        "--output",
+        str(reward_folder),
+    ]
+    assert run([*train, "--max-steps", "2", "--batch-size", "4", "--lora-r", "2"]) == 0
+    new_folder = tmp_path / "new-sp"
+    tiny_causal_lm(sentencepiece_tokenizer, arch="gemma3", seed=5).save_pretrained(new_folder)
+    sentencepiece_tokenizer.save_pretrained(new_folder)
+    capsys.readouterr()
+    command = ["prt", "generate", "Q: 3 + 4", "--model", str(new_folder), "--reward", str(reward_folder)]
+    assert run([*command, "--max-new-tokens", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "common vocabulary" in captured.err
+    new_base, tokenizer = load_model(str(new_folder))
+    model = PRTModel(new_base, PRTRewardModel.from_pretrained(reward_folder), tokenizer=tokenizer)
+    inputs = model.tokenizer("Q: 3 + 4", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    expected = model.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert captured.out == expected + "\n"

@@ -26,11 +26,12 @@ def test_logits_are_prt_over_the_tokenizer_with_extra_rows_masked(new_base, rewa
     assert torch.isneginf(logits[..., vocab:]).all()
 
 
-def test_reward_for_another_tokenizer_is_refused(new_base, reward, tokenizer):
+def test_reward_for_another_tokenizer_without_a_recorded_base_is_refused(new_base, reward, tokenizer):
+    """Across tokenizers the reward's base tokenizer is needed; a reward that records none is refused."""
     from hf_coop.config_utils import vocab_fingerprint
 
     config = PRTConfig(vocab_size=len(tokenizer), vocab_fingerprint=vocab_fingerprint(tokenizer))
-    with pytest.raises(ArtifactError, match="hf_coop.vocab"):
+    with pytest.raises(ArtifactError, match="cannot be found .*no base recorded.*reward_tokenizer="):
         PRTModel(new_base, PRTRewardModel(reward, config), tokenizer=tiny_sentencepiece_tokenizer())
 
 

@@ -1,8 +1,5 @@
 """Prompts conditioned on their bytes: exact oracles that enumerate every tokenization of a prompt."""
 
-import math
-from collections import defaultdict
-
 import pytest
 import torch
 
@@ -12,6 +9,7 @@ from hf_coop.vocab.processor import CommonVocabLogitsProcessor
 from hf_coop.vocab.prompt_boundary import PromptError, PromptSplitter
 from hf_coop.vocab.reduced_lm import ReducedVocabConfig, ReducedVocabLM, eos_sub_ids
 from hf_coop.vocab.token_bytes import spelled_bytes
+from tests.oracles import oracle_next_logprobs
 
 PROMPTS = ["It is a tru", "The qu", "é", "Mr. Bennet was so", "a b "]
 
@@ -30,56 +28,6 @@ def reduce(model, tokenizer, sub_vocab="bytes", prompt_boundary="exact", **setti
     return ReducedVocabLM.from_model(
         model, tokenizer, sub_vocab, dtype="float64", prompt_boundary=prompt_boundary, **settings
     )
-
-
-def first_sub(nested, token: int, inside: int) -> int:
-    """The sub-token a token emits first when its first `inside` bytes close the prompt: the straddled
-    sub-token's next byte, or the next whole sub-token of its split."""
-    split = nested.split(token)
-    spelled = 0
-    for sub in split:
-        if spelled == inside:
-            return sub
-        piece = nested.sub_strings[sub]
-        if spelled + len(piece) > inside:
-            return nested.sub_strings[sub][inside - spelled]  # a single byte's sub-token id is its value
-        spelled += len(piece)
-    raise AssertionError("the token ends inside the prompt")
-
-
-@torch.no_grad()
-def oracle_next_logprobs(model, tokenizer, nested, prefix_ids: list[int], data: bytes) -> torch.Tensor:
-    """log P(next sub-token | prefix tokens, then `data` as bytes): every token sequence whose bytes start
-    with `data`, grouped by the sub-token it spells first after `data`."""
-    table, n = nested.table, len(tokenizer)
-    first = torch.tensor([nested.split(u)[0] for u in range(n)])
-    by_first_byte = defaultdict(list)
-    for u in range(n):
-        if table[u]:
-            by_first_byte[table[u][0]].append(u)
-    buckets, values = [], []
-
-    def walk(ids, pos, logw):
-        logprobs = logw + torch.log_softmax(model(torch.tensor([ids])).logits[0, -1, :n].double(), -1)
-        rest = data[pos:]
-        if not rest:  # a boundary at the prompt's end: every token spells its split's first sub-token
-            buckets.append(first)
-            values.append(logprobs)
-            return
-        for u in by_first_byte[rest[0]]:
-            piece = table[u]
-            if rest.startswith(piece):
-                walk(ids + [u], pos + len(piece), logprobs[u].item())
-            elif piece.startswith(rest):
-                buckets.append(torch.tensor([first_sub(nested, u, len(rest))]))
-                values.append(logprobs[u : u + 1])
-
-    walk(list(prefix_ids), 0, 0.0)
-    values, buckets = torch.cat(values), torch.cat(buckets)
-    out = torch.full((nested.num_sub_tokens,), -math.inf, dtype=torch.float64)
-    for sub in buckets.unique().tolist():
-        out[sub] = torch.logsumexp(values[buckets == sub], 0)
-    return out - torch.logsumexp(out, 0)
 
 
 def engine_next_logprobs(reduced, prompts) -> torch.Tensor:

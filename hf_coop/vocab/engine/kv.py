@@ -35,14 +35,26 @@ class UncompiledCache(Cache):
 
 class _StoreView(UncompiledCache):
     """What a model sees during one forward: rows [r0, r1) of the store; its new keys and values are written
-    in place at slots [start, start + q) and attention reads slots [0, start + q)."""
+    in place at slots [start, start + q) and attention reads slots [0, start + q).
 
-    def __init__(self, store: TreeKV, r0: int, r1: int, start: int):
+    `subset(rows, layer_offset)` is the view of some of those rows (indices relative to r0) whose layers are
+    stored `layer_offset` layers further on: how a model made of several networks (`engine/paired.py`) keeps
+    each network's keys and values in the same store."""
+
+    def __init__(self, store: TreeKV, r0: int, r1: int, start: int, rows=None, layer_offset: int = 0):
         super().__init__(layers=[])
         self.store, self.r0, self.r1, self.start = store, r0, r1, start
+        self.rows = slice(r0, r1) if rows is None else rows
+        self.layer_offset = layer_offset
+
+    def subset(self, rows: torch.Tensor, layer_offset: int = 0) -> _StoreView:
+        index = slice(self.r0, self.r1) if len(rows) == self.r1 - self.r0 else rows + self.r0
+        return _StoreView(self.store, self.r0, self.r1, self.start, index, layer_offset)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        return self.store.write(layer_idx, self.r0, self.r1, self.start, key_states, value_states)
+        return self.store.write(
+            layer_idx + self.layer_offset, self.rows, self.start, key_states, value_states
+        )
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.start
@@ -105,18 +117,18 @@ class TreeKV:
         self.capacity = capacity
         self.peak_bytes = max(self.peak_bytes, self.memory_bytes())
 
-    def write(self, layer: int, r0: int, r1: int, start: int, keys: torch.Tensor, values: torch.Tensor):
-        """Store a forward's new keys/values for rows [r0, r1) at slots [start, start + q); return every
-        slot up to them, for attention."""
+    def write(self, layer: int, rows, start: int, keys: torch.Tensor, values: torch.Tensor):
+        """Store a forward's new keys/values for `rows` (a slice, or row indices) at slots [start, start + q);
+        return every slot up to them, for attention."""
         if layer not in self.keys:
             shape = (self.n_rows, keys.shape[1], self.capacity, keys.shape[3])
             self.keys[layer] = keys.new_zeros(shape)
             self.values[layer] = values.new_zeros(shape)
             self.peak_bytes = max(self.peak_bytes, self.memory_bytes())
         end = start + keys.shape[2]
-        self.keys[layer][r0:r1, :, start:end] = keys
-        self.values[layer][r0:r1, :, start:end] = values
-        return self.keys[layer][r0:r1, :, :end], self.values[layer][r0:r1, :, :end]
+        self.keys[layer][rows, :, start:end] = keys
+        self.values[layer][rows, :, start:end] = values
+        return self.keys[layer][rows, :, :end], self.values[layer][rows, :, :end]
 
     def view(self, r0: int, r1: int, start: int) -> _StoreView:
         return _StoreView(self, r0, r1, start)

@@ -35,7 +35,13 @@ class ZeroProbabilityError(InputError):
 
 
 class EngineMember:
-    """One model in the engine: its nested table as a trie, its runner and (once started) its cover state."""
+    """One model in the engine: its nested table as a trie, its runner and (once started) its cover state.
+
+    With `copies > 1` every row of the batch is held `copies` times, as consecutive engine rows (row r's copy
+    c is engine row `r * copies + c`), each with its own hypotheses: a model that computes a different
+    distribution on each copy (`engine/paired.py`) is reduced once per copy in the same forwards.
+    `next_logprobs` then has `rows * copies` rows; everything else speaks in rows of the batch.
+    """
 
     def __init__(
         self,
@@ -44,8 +50,10 @@ class EngineMember:
         settings: EngineSettings,
         eos_sub_ids: Sequence[int] = (),
         runner: TransformersRunner | None = None,
+        copies: int = 1,
     ):
         self.model = model
+        self.copies = copies
         self.nested = nested
         self.settings = settings
         self.runner = runner or TransformersRunner(model, nested.vocab_size, settings)
@@ -74,6 +82,8 @@ class EngineMember:
         `engine/prompt.py`)."""
         if bool((lengths < 1).any()):
             raise InputError("a prompt is empty; give at least one token (e.g. the BOS token)")
+        prompt_ids, lengths = self._copied(prompt_ids), self._copied(lengths)
+        tail_bytes = None if tail_bytes is None else self._copied(tail_bytes)
         handles, logprobs = self.runner.start(prompt_ids, lengths)
         if tail_bytes is not None and bool((tail_bytes >= 0).any()):
             self.cover = self._walk_tails(handles, logprobs, tail_bytes.to(self.runner.device))
@@ -110,8 +120,9 @@ class EngineMember:
         """Condition the `active` rows on `sub`; rows whose `evaluate` is False count their new boundary
         histories without calling the model (the last sub-token of a scored text)."""
         cover = self.cover
-        sub = sub.to(cover.device)
-        active = active.to(cover.device) & ~cover.finished
+        sub, active = self._copied(sub.to(cover.device)), self._copied(active.to(cover.device))
+        evaluate = None if evaluate is None else self._copied(evaluate.to(cover.device))
+        active = active & ~cover.finished
         if self.ends_rows:
             ended = active & self.eos[sub]
             if bool(ended.any()):
@@ -236,8 +247,19 @@ class EngineMember:
         if cover.cands.used > max(64, 4 * in_use):
             cover.compact_candidates()
 
+    def _copied(self, per_row: torch.Tensor) -> torch.Tensor:
+        """A per-row tensor laid out over the engine rows (each row repeated `copies` times)."""
+        return per_row if self.copies == 1 else per_row.repeat_interleave(self.copies, dim=0)
+
+    def finish_rows(self, ended: torch.Tensor) -> None:
+        """Rows that ended (their sequence produced EOS) take no more steps."""
+        self.cover.finish_rows(self._copied(ended.to(self.cover.device)))
+
     def select_rows(self, source: torch.Tensor) -> None:
         source = source.to(self.cover.device)
+        if self.copies > 1:
+            copy = torch.arange(self.copies, device=source.device)
+            source = (source[:, None] * self.copies + copy).flatten()
         keys = self.runner.select_rows(source, self.cover.live_handles())
         n = len(source)
         self.cover.select_rows(source, lambda old, rows: handle_in_row(keys, old, rows, n))
@@ -255,7 +277,7 @@ class Scheduler:
 
     @property
     def n_rows(self) -> int:
-        return self.members[0].cover.n_rows
+        return self.members[0].cover.n_rows // self.members[0].copies
 
     def start(
         self,

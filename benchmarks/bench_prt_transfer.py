@@ -1,0 +1,426 @@
+"""Portable Reward Tuning across tokenizers on a task small models learn in minutes: reasoning-gym's
+basic_arithmetic (two terms of one or two digits; the old base alone scores 0 %, LoRA learns it).
+
+Old base SmolLM2-135M-Instruct (byte-level BPE, 49,152 tokens); new base Gemma-3-270M (SentencePiece,
+262,144 tokens). All systems read the same plain prompt `Q: <question>\\nA:` and answer up to a newline.
+
+| system | how |
+|---|---|
+| old / new base alone | greedy `generate` |
+| old fine-tuned, new fine-tuned (the oracle) | LoRA (r=16, attention projections), answer tokens only |
+| old + PRT reward (the training view) | `PRTLogitsProcessor` on the old base (same tokenizer) |
+| **new + PRT reward across tokenizers** | `PRTModel(gemma, reward, tokenizer=gemma_tok)` over the MCV |
+| new + EFT across tokenizers | the same rule with the old fine-tuned model (merged, a separate network) |
+
+The PRT reward is a LoRA adapter trained by `PRTTrainer` through the frozen old base on the same data and
+steps as the old fine-tune. s (the transfer scale) is chosen on a validation split for PRT and EFT alike.
+Decoding speed: steps per second at batch 8 against the new base alone. The same test set gives the MCV
+ensemble of the two bases its accuracy row (few-shot prompts, mean and product, against each member alone).
+
+Run (`pip install -e ".[bench]"`): `OMP_NUM_THREADS=2 python -m benchmarks.bench_prt_transfer`
+(`--test-items`, `--steps` scale it; `--fast` is a smoke run that writes nothing). Partial results are kept in
+`$HF_COOP_BENCH_DIR/prt_transfer.json` (default ~/.cache/hf_coop/bench) so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from transformers import StoppingCriteria, StoppingCriteriaList, Trainer, TrainingArguments
+
+from benchmarks.results import write_section
+from hf_coop.models import load_model
+from hf_coop.prt import (
+    PRTConfig,
+    PRTLogitsProcessor,
+    PRTModel,
+    PRTRewardModel,
+    PRTTrainer,
+    PRTTrainingArguments,
+)
+from hf_coop.prt.cross_tokenizer import CrossTokenizerPRTModel
+from hf_coop.vocab.ensemble import CommonVocabEnsemble
+
+OLD, NEW = "smollm2-135m-instruct", "gemma-3-270m"
+TASK = ("basic_arithmetic", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2})
+LORA = {
+    "r": 16,
+    "lora_alpha": 32,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "lora_dropout": 0.0,
+}
+SCALES = (0.5, 1.0, 2.0)
+FEW_SHOT = 4
+
+
+def items(split: str, count: int) -> tuple[list[dict], object]:
+    import reasoning_gym
+
+    seed = {"train": 1, "validation": 2, "test": 3, "shots": 4}[split]
+    dataset = reasoning_gym.create_dataset(TASK[0], size=count, seed=seed, **TASK[1])
+    return list(dataset), dataset
+
+
+def prompt(item: dict, shots: list[dict] = ()) -> str:
+    return "".join(f"Q: {s['question']}\nA: {s['answer']}\n\n" for s in shots) + f"Q: {item['question']}\nA:"
+
+
+def answer_of(text: str) -> str:
+    return text.strip().split("\n")[0].strip()
+
+
+def accuracy(texts: list[str], chunk: list[dict], scorer) -> list[bool]:
+    return [scorer.score_answer(answer_of(t), it) >= 1.0 for t, it in zip(texts, chunk, strict=True)]
+
+
+def train_dataset(tokenizer, train: list[dict]) -> Dataset:
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for item in train:
+        prompt_ids = tokenizer(prompt(item)).input_ids  # with the tokenizer's BOS, as at inference
+        answer = tokenizer(f" {item['answer']}\n", add_special_tokens=False).input_ids
+        rows["input_ids"].append(prompt_ids + answer)
+        rows["attention_mask"].append([1] * (len(prompt_ids) + len(answer)))
+        rows["labels"].append([-100] * len(prompt_ids) + answer)
+    return Dataset.from_dict(rows)
+
+
+def collate(tokenizer):
+    def pad(batch):
+        width = max(len(r["input_ids"]) for r in batch)
+        return {
+            key: torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in batch])
+            for key, fill in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("labels", -100))
+        }
+
+    return pad
+
+
+def arguments(cls, folder: str, steps: int):
+    return cls(
+        output_dir=folder,
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=25,
+        use_cpu=True,
+        seed=0,
+        remove_unused_columns=False,
+    )
+
+
+def lora_finetune(model, tokenizer, train, steps, folder):
+    """The base fine-tuned directly with LoRA on the answers; returns the merged model."""
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(**LORA))
+    Trainer(
+        model=peft_model,
+        args=arguments(TrainingArguments, folder, steps),
+        train_dataset=train_dataset(tokenizer, train),
+        data_collator=collate(tokenizer),
+    ).train()
+    return peft_model.merge_and_unload().eval()
+
+
+def train_reward(old, tokenizer, train, steps, folder) -> PRTRewardModel:
+    trainer = PRTTrainer(
+        base_model=old,
+        args=arguments(PRTTrainingArguments, folder, steps),
+        train_dataset=train_dataset(tokenizer, train),
+        data_collator=collate(tokenizer),
+        processing_class=tokenizer,
+        prt_config=PRTConfig(reward_scale=1.0),
+        peft_config=LoraConfig(**LORA),
+    )
+    trainer.train()
+    trainer.save_model(folder)
+    return PRTRewardModel.from_pretrained(folder, base_model=copy.deepcopy(old))
+
+
+class StopAtNewline(StoppingCriteria):
+    """Stop a row once its new text holds a newline after some answer text."""
+
+    def __init__(self, decode, width: int):
+        self.decode, self.width = decode, width
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = [self.decode(row[self.width :]) for row in input_ids]
+        return torch.tensor([bool(t.strip()) and "\n" in t.lstrip() for t in texts], device=input_ids.device)
+
+
+def run_plain(model, tokenizer, batch_items, scorer, shots=(), processors=None, max_new_tokens=8):
+    tokenizer.padding_side = "left"
+    inputs = tokenizer([prompt(it, shots) for it in batch_items], return_tensors="pt", padding=True)
+    width = inputs["input_ids"].shape[1]
+    stop = StoppingCriteriaList(
+        [StopAtNewline(lambda r: tokenizer.decode(r, skip_special_tokens=True), width)]
+    )
+    out = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        stopping_criteria=stop,
+        logits_processor=processors(inputs["attention_mask"]) if processors else None,
+    )
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return accuracy(texts, batch_items, scorer)
+
+
+def run_engine(model, batch_items, scorer, shots=(), max_new_tokens=8):
+    inputs = model.tokenizer([prompt(it, shots) for it in batch_items], return_tensors="pt")
+    width = inputs["input_ids"].shape[1]
+    stop = StoppingCriteriaList([StopAtNewline(lambda r: model.tokenizer.decode(r), width)])
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, stopping_criteria=stop)
+    return accuracy(model.tokenizer.batch_decode(out[:, width:]), batch_items, scorer)
+
+
+def evaluate(run, test, batch: int, label: str) -> dict:
+    correct, began = [], time.perf_counter()
+    for start in range(0, len(test), batch):
+        correct += run(test[start : start + batch])
+        print(f"  {label}: {start + batch}/{len(test)} acc {sum(correct) / len(correct):.3f}", flush=True)
+    n = len(correct)
+    p = sum(correct) / n
+    return {
+        "accuracy": p,
+        "n": n,
+        "ci95": 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / n),
+        "seconds": time.perf_counter() - began,
+    }
+
+
+def decoding_speed(makers: dict, prompts_items, new_tokens: int = 8, repeats: int = 2) -> dict:
+    """Decoding steps per second at one batch, best of `repeats` interleaved runs."""
+    best = dict.fromkeys(makers, 0.0)
+    for _ in range(repeats):
+        for name, generate in makers.items():
+            began = time.perf_counter()
+            steps = generate(prompts_items, new_tokens)
+            best[name] = max(best[name], steps / (time.perf_counter() - began))
+    return best
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-items", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--validation-items", type=int, default=64)
+    parser.add_argument("--test-items", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--skip", nargs="*", default=[], help="rows to leave out (e.g. ensemble)")
+    parser.add_argument("--fast", action="store_true", help="a smoke run that writes nothing")
+    args = parser.parse_args(argv)
+    if args.fast:
+        args.train_items, args.steps, args.validation_items, args.test_items = 32, 2, 4, 4
+    cache = Path(os.environ.get("HF_COOP_BENCH_DIR", Path.home() / ".cache/hf_coop/bench"))
+    cache.mkdir(parents=True, exist_ok=True)
+    state_file = cache / ("prt_transfer_fast.json" if args.fast else "prt_transfer.json")
+    state = json.loads(state_file.read_text()) if state_file.exists() and not args.fast else {}
+    state.setdefault("rows", {})
+
+    def record(key, value):
+        state["rows"][key] = value
+        state_file.write_text(json.dumps(state, indent=1))
+        print(key, value, flush=True)
+
+    old, old_tok = load_model(OLD)
+    new, new_tok = load_model(NEW)
+    for tok in (old_tok, new_tok):
+        tok.padding_side = "left"
+    train, _ = items("train", args.train_items)
+    validation, _ = items("validation", args.validation_items)
+    test, scorer = items("test", args.test_items)
+    shots, _ = items("shots", FEW_SHOT)
+
+    began = time.perf_counter()
+    reward = train_reward(old, old_tok, train, args.steps, str(cache / "reward"))
+    state["reward_training_seconds"] = time.perf_counter() - began
+    began = time.perf_counter()
+    old_ft = lora_finetune(old, old_tok, train, args.steps, str(cache / "old_ft"))
+    state["old_ft_seconds"] = time.perf_counter() - began
+    rows = state["rows"]
+    plain = {
+        "old base alone": (old, old_tok, None),
+        "old fine-tuned (LoRA)": (old_ft, old_tok, None),
+        "old + PRT reward (training view)": (
+            old,
+            old_tok,
+            lambda mask: [PRTLogitsProcessor(reward, mask, tokenizer=old_tok)],
+        ),
+        "new base alone": (new, new_tok, None),
+    }
+    for name, (model, tok, processors) in plain.items():
+        if name not in rows:
+            record(
+                name,
+                evaluate(
+                    lambda b, m=model, t=tok, p=processors: run_plain(m, t, b, scorer, processors=p),
+                    test,
+                    args.batch,
+                    name,
+                ),
+            )
+
+    def cross(method: str, scale: float) -> CrossTokenizerPRTModel:
+        if method == "prt":
+            return PRTModel(new, reward, tokenizer=new_tok, reward_tokenizer=old_tok, transfer_scale=scale)
+        return CrossTokenizerPRTModel.from_models(
+            new, new_tok, old, old_tok, old_ft, method="eft", transfer_scale=scale
+        )
+
+    for method, label in (
+        ("prt", "new + PRT reward across tokenizers"),
+        ("eft", "new + EFT across tokenizers"),
+    ):
+        if label in rows:
+            continue
+        model = cross(method, 1.0)
+        validation_scores = {}
+        for scale in SCALES:
+            model.transfer_scale = scale
+            validation_scores[scale] = evaluate(
+                lambda b, m=model: run_engine(m, b, scorer),
+                validation,
+                args.batch,
+                f"{label} validation s={scale}",
+            )["accuracy"]
+        best = max(SCALES, key=lambda s: (validation_scores[s], -abs(s - 1)))
+        model.transfer_scale = best
+        result = evaluate(lambda b, m=model: run_engine(m, b, scorer), test, args.batch, label)
+        record(label, {**result, "s": best, "validation": validation_scores})
+
+    if "speed" not in state:
+        prt_model, eft_model = (
+            cross("prt", rows["new + PRT reward across tokenizers"]["s"]),
+            cross("eft", 1.0),
+        )
+
+        def engine_steps(model):
+            def go(batch_items, n):
+                inputs = model.tokenizer([prompt(it) for it in batch_items], return_tensors="pt")
+                out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                return out.shape[1] - inputs["input_ids"].shape[1]
+
+            return go
+
+        def plain_steps(batch_items, n):
+            inputs = new_tok([prompt(it) for it in batch_items], return_tensors="pt", padding=True)
+            out = new.generate(
+                **inputs,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=new_tok.pad_token_id,
+            )
+            return out.shape[1] - inputs["input_ids"].shape[1]
+
+        state["speed"] = decoding_speed(
+            {
+                "new base alone": plain_steps,
+                "new + PRT (MCV)": engine_steps(prt_model),
+                "new + EFT (MCV)": engine_steps(eft_model),
+            },
+            test[:8],
+        )
+        state_file.write_text(json.dumps(state, indent=1))
+
+    if "ensemble" not in args.skip:
+        few = {
+            "SmolLM2 alone (few-shot)": lambda b: run_plain(old, old_tok, b, scorer, shots),
+            "Gemma-3 alone (few-shot)": lambda b: run_plain(new, new_tok, b, scorer, shots),
+        }
+        for mode in ("mean", "product"):
+            ensemble = CommonVocabEnsemble.from_models(
+                [old, new], [old_tok, new_tok], mode=mode, max_hypotheses=8, prune_ratio=1e-8
+            )
+            few[f"MCV ensemble ({mode}, few-shot)"] = lambda b, e=ensemble: run_engine(e, b, scorer, shots)
+        for name, run in few.items():
+            if name not in rows:
+                record(name, evaluate(run, test, args.batch, name))
+
+    if "new fine-tuned (LoRA, oracle)" not in rows:
+        new_ft = lora_finetune(new, new_tok, train, args.steps, str(cache / "new_ft"))
+        record(
+            "new fine-tuned (LoRA, oracle)",
+            evaluate(lambda b: run_plain(new_ft, new_tok, b, scorer), test, args.batch, "new fine-tuned"),
+        )
+        del new_ft
+
+    markdown = render(state, args)
+    if not args.fast:
+        write_section("prt_transfer", markdown)
+    print(markdown)
+    return markdown
+
+
+def render(state: dict, args) -> str:
+    rows = state["rows"]
+
+    def cell(name):
+        row = rows.get(name)
+        if row is None:
+            return "| " + name + " | not run | | |"
+        extra = f"s = {row['s']} (validation {row['validation']})" if "s" in row else ""
+        return f"| {name} | {100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f} | {row['n']} | {extra} |"
+
+    table = ["| system | accuracy % (95 % CI) | test items | notes |", "|---|---|---|---|"]
+    order = [
+        "old base alone",
+        "new base alone",
+        "old fine-tuned (LoRA)",
+        "old + PRT reward (training view)",
+        "new + PRT reward across tokenizers",
+        "new + EFT across tokenizers",
+        "new fine-tuned (LoRA, oracle)",
+    ]
+    table += [cell(n) for n in order]
+    ensemble = [n for n in rows if "few-shot" in n]
+    out = [
+        "## PRT across tokenizers (SmolLM2-135M-Instruct reward → Gemma-3-270M), basic_arithmetic",
+        "",
+        f"Command: `OMP_NUM_THREADS=2 python -m benchmarks.bench_prt_transfer --test-items {args.test_items} "
+        f"--steps {args.steps}`. Task: reasoning-gym {TASK[0]} {TASK[1]}, zero-shot prompt `Q: ...\\nA:`, "
+        f"greedy, answer up to the first newline. {args.train_items} training items, LoRA r=16 for {args.steps} "
+        f"steps of 16 (reward and fine-tunes alike), {args.validation_items} validation items for s.",
+        "",
+        *table,
+    ]
+    if "speed" in state:
+        speed = state["speed"]
+        base = speed["new base alone"]
+        out += [
+            "",
+            "Decoding speed, batch 8, 8 new tokens (steps per second, best of 2):",
+            "",
+            "| system | steps/s | vs new base alone |",
+            "|---|---|---|",
+        ]
+        out += [f"| {k} | {v:.2f} | {v / base:.3f}x |" for k, v in speed.items()]
+        prt, eft = speed["new + PRT (MCV)"], speed["new + EFT (MCV)"]
+        out += ["", f"PRT vs EFT across tokenizers: {prt / eft:.2f}x."]
+    if ensemble:
+        out += [
+            "",
+            f"MCV ensemble on the same test set ({FEW_SHOT}-shot prompts):",
+            "",
+            "| system | accuracy % (95 % CI) | test items | |",
+            "|---|---|---|---|",
+        ]
+        out += [cell(n) for n in ensemble]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

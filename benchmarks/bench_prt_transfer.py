@@ -19,7 +19,7 @@ ensemble of the two bases its accuracy row (few-shot prompts, mean and product, 
 
 Run (`pip install -e ".[bench]"`): `OMP_NUM_THREADS=2 python -m benchmarks.bench_prt_transfer`
 (`--test-items`, `--steps` scale it; `--fast` is a smoke run that writes nothing). Partial results are kept in
-`$HF_COOP_BENCH_DIR/prt_transfer.json` (default ~/.cache/hf_coop/bench) so an interrupted run resumes.
+`$HF_COOP_BENCH_DIR/prt_transfer/<items>x<steps>/results.json` (default ~/.cache/hf_coop/bench) so an interrupted run resumes; trained adapters are kept there too.
 """
 
 from __future__ import annotations
@@ -35,11 +35,18 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from transformers import StoppingCriteria, StoppingCriteriaList, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    Trainer,
+    TrainingArguments,
+)
 
 from benchmarks.results import write_section
 from hf_coop.models import load_model
 from hf_coop.prt import (
+    EFTLogitsProcessor,
     PRTConfig,
     PRTLogitsProcessor,
     PRTModel,
@@ -122,7 +129,11 @@ def arguments(cls, folder: str, steps: int):
 
 
 def lora_finetune(model, tokenizer, train, steps, folder):
-    """The base fine-tuned directly with LoRA on the answers; returns the merged model."""
+    """The base fine-tuned directly with LoRA on the answers; returns the merged model (kept in
+    `folder/merged`, reused by a later run)."""
+    merged = Path(folder, "merged")
+    if (merged / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(merged, dtype=model.dtype).eval()
     peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(**LORA))
     Trainer(
         model=peft_model,
@@ -130,10 +141,19 @@ def lora_finetune(model, tokenizer, train, steps, folder):
         train_dataset=train_dataset(tokenizer, train),
         data_collator=collate(tokenizer),
     ).train()
-    return peft_model.merge_and_unload().eval()
+    result = peft_model.merge_and_unload().eval()
+    result.save_pretrained(merged)
+    return result
 
 
 def train_reward(old, tokenizer, train, steps, folder) -> PRTRewardModel:
+    """A LoRA PRT reward trained through `old` (kept in `folder`, reused by a later run)."""
+    if not Path(folder, "prt_config.json").is_file():
+        train_reward_into(old, tokenizer, train, steps, folder)
+    return PRTRewardModel.from_pretrained(folder, base_model=copy.deepcopy(old))
+
+
+def train_reward_into(old, tokenizer, train, steps, folder) -> None:
     trainer = PRTTrainer(
         base_model=old,
         args=arguments(PRTTrainingArguments, folder, steps),
@@ -145,7 +165,6 @@ def train_reward(old, tokenizer, train, steps, folder) -> PRTRewardModel:
     )
     trainer.train()
     trainer.save_model(folder)
-    return PRTRewardModel.from_pretrained(folder, base_model=copy.deepcopy(old))
 
 
 class StopAtNewline(StoppingCriteria):
@@ -215,18 +234,30 @@ def decoding_speed(makers: dict, prompts_items, new_tokens: int = 8, repeats: in
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-items", type=int, default=4000)
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--validation-items", type=int, default=64)
     parser.add_argument("--test-items", type=int, default=500)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--skip", nargs="*", default=[], help="rows to leave out (e.g. ensemble)")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=150, help="continued pretraining, same-tokenizer old base"
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="sections to leave out: ensemble, same-tokenizer"
+    )
     parser.add_argument("--fast", action="store_true", help="a smoke run that writes nothing")
     args = parser.parse_args(argv)
     if args.fast:
-        args.train_items, args.steps, args.validation_items, args.test_items = 32, 2, 4, 4
+        args.train_items, args.steps, args.validation_items, args.test_items, args.pretrain_steps = (
+            32,
+            2,
+            4,
+            4,
+            2,
+        )
     cache = Path(os.environ.get("HF_COOP_BENCH_DIR", Path.home() / ".cache/hf_coop/bench"))
+    cache = cache / "prt_transfer" / ("fast" if args.fast else f"{args.train_items}x{args.steps}")
     cache.mkdir(parents=True, exist_ok=True)
-    state_file = cache / ("prt_transfer_fast.json" if args.fast else "prt_transfer.json")
+    state_file = cache / "results.json"
     state = json.loads(state_file.read_text()) if state_file.exists() and not args.fast else {}
     state.setdefault("rows", {})
 
@@ -244,97 +275,108 @@ def main(argv: list[str] | None = None) -> str:
     test, scorer = items("test", args.test_items)
     shots, _ = items("shots", FEW_SHOT)
 
-    began = time.perf_counter()
-    reward = train_reward(old, old_tok, train, args.steps, str(cache / "reward"))
-    state["reward_training_seconds"] = time.perf_counter() - began
-    began = time.perf_counter()
-    old_ft = lora_finetune(old, old_tok, train, args.steps, str(cache / "old_ft"))
-    state["old_ft_seconds"] = time.perf_counter() - began
     rows = state["rows"]
-    plain = {
-        "old base alone": (old, old_tok, None),
-        "old fine-tuned (LoRA)": (old_ft, old_tok, None),
-        "old + PRT reward (training view)": (
-            old,
-            old_tok,
-            lambda mask: [PRTLogitsProcessor(reward, mask, tokenizer=old_tok)],
-        ),
-        "new base alone": (new, new_tok, None),
-    }
-    for name, (model, tok, processors) in plain.items():
-        if name not in rows:
-            record(
-                name,
-                evaluate(
-                    lambda b, m=model, t=tok, p=processors: run_plain(m, t, b, scorer, processors=p),
-                    test,
-                    args.batch,
+    main_rows = (
+        "old base alone",
+        "old fine-tuned (LoRA)",
+        "old + PRT reward (training view)",
+        "new base alone",
+        "new + PRT reward across tokenizers",
+        "new + EFT across tokenizers",
+    )
+    if not (all(n in state["rows"] for n in main_rows) and "speed" in state):
+        began = time.perf_counter()
+        reward = train_reward(old, old_tok, train, args.steps, str(cache / "reward"))
+        state["reward_training_seconds"] = time.perf_counter() - began
+        began = time.perf_counter()
+        old_ft = lora_finetune(old, old_tok, train, args.steps, str(cache / "old_ft"))
+        state["old_ft_seconds"] = time.perf_counter() - began
+        plain = {
+            "old base alone": (old, old_tok, None),
+            "old fine-tuned (LoRA)": (old_ft, old_tok, None),
+            "old + PRT reward (training view)": (
+                old,
+                old_tok,
+                lambda mask: [PRTLogitsProcessor(reward, mask, tokenizer=old_tok)],
+            ),
+            "new base alone": (new, new_tok, None),
+        }
+        for name, (model, tok, processors) in plain.items():
+            if name not in rows:
+                record(
                     name,
-                ),
+                    evaluate(
+                        lambda b, m=model, t=tok, p=processors: run_plain(m, t, b, scorer, processors=p),
+                        test,
+                        args.batch,
+                        name,
+                    ),
+                )
+
+        def cross(method: str, scale: float) -> CrossTokenizerPRTModel:
+            if method == "prt":
+                return PRTModel(
+                    new, reward, tokenizer=new_tok, reward_tokenizer=old_tok, transfer_scale=scale
+                )
+            return CrossTokenizerPRTModel.from_models(
+                new, new_tok, old, old_tok, old_ft, method="eft", transfer_scale=scale
             )
 
-    def cross(method: str, scale: float) -> CrossTokenizerPRTModel:
-        if method == "prt":
-            return PRTModel(new, reward, tokenizer=new_tok, reward_tokenizer=old_tok, transfer_scale=scale)
-        return CrossTokenizerPRTModel.from_models(
-            new, new_tok, old, old_tok, old_ft, method="eft", transfer_scale=scale
-        )
+        for method, label in (
+            ("prt", "new + PRT reward across tokenizers"),
+            ("eft", "new + EFT across tokenizers"),
+        ):
+            if label in rows:
+                continue
+            model = cross(method, 1.0)
+            validation_scores = {}
+            for scale in SCALES:
+                model.transfer_scale = scale
+                validation_scores[scale] = evaluate(
+                    lambda b, m=model: run_engine(m, b, scorer),
+                    validation,
+                    args.batch,
+                    f"{label} validation s={scale}",
+                )["accuracy"]
+            best = max(SCALES, key=lambda s: (validation_scores[s], -abs(s - 1)))
+            model.transfer_scale = best
+            result = evaluate(lambda b, m=model: run_engine(m, b, scorer), test, args.batch, label)
+            record(label, {**result, "s": best, "validation": validation_scores})
 
-    for method, label in (
-        ("prt", "new + PRT reward across tokenizers"),
-        ("eft", "new + EFT across tokenizers"),
-    ):
-        if label in rows:
-            continue
-        model = cross(method, 1.0)
-        validation_scores = {}
-        for scale in SCALES:
-            model.transfer_scale = scale
-            validation_scores[scale] = evaluate(
-                lambda b, m=model: run_engine(m, b, scorer),
-                validation,
-                args.batch,
-                f"{label} validation s={scale}",
-            )["accuracy"]
-        best = max(SCALES, key=lambda s: (validation_scores[s], -abs(s - 1)))
-        model.transfer_scale = best
-        result = evaluate(lambda b, m=model: run_engine(m, b, scorer), test, args.batch, label)
-        record(label, {**result, "s": best, "validation": validation_scores})
+        if "speed" not in state:
+            prt_model, eft_model = (
+                cross("prt", rows["new + PRT reward across tokenizers"]["s"]),
+                cross("eft", 1.0),
+            )
 
-    if "speed" not in state:
-        prt_model, eft_model = (
-            cross("prt", rows["new + PRT reward across tokenizers"]["s"]),
-            cross("eft", 1.0),
-        )
+            def engine_steps(model):
+                def go(batch_items, n):
+                    inputs = model.tokenizer([prompt(it) for it in batch_items], return_tensors="pt")
+                    out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                    return out.shape[1] - inputs["input_ids"].shape[1]
 
-        def engine_steps(model):
-            def go(batch_items, n):
-                inputs = model.tokenizer([prompt(it) for it in batch_items], return_tensors="pt")
-                out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                return go
+
+            def plain_steps(batch_items, n):
+                inputs = new_tok([prompt(it) for it in batch_items], return_tensors="pt", padding=True)
+                out = new.generate(
+                    **inputs,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=new_tok.pad_token_id,
+                )
                 return out.shape[1] - inputs["input_ids"].shape[1]
 
-            return go
-
-        def plain_steps(batch_items, n):
-            inputs = new_tok([prompt(it) for it in batch_items], return_tensors="pt", padding=True)
-            out = new.generate(
-                **inputs,
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                pad_token_id=new_tok.pad_token_id,
+            state["speed"] = decoding_speed(
+                {
+                    "new base alone": plain_steps,
+                    "new + PRT (MCV)": engine_steps(prt_model),
+                    "new + EFT (MCV)": engine_steps(eft_model),
+                },
+                test[:8],
             )
-            return out.shape[1] - inputs["input_ids"].shape[1]
-
-        state["speed"] = decoding_speed(
-            {
-                "new base alone": plain_steps,
-                "new + PRT (MCV)": engine_steps(prt_model),
-                "new + EFT (MCV)": engine_steps(eft_model),
-            },
-            test[:8],
-        )
-        state_file.write_text(json.dumps(state, indent=1))
+            state_file.write_text(json.dumps(state, indent=1))
 
     if "ensemble" not in args.skip:
         few = {
@@ -358,11 +400,91 @@ def main(argv: list[str] | None = None) -> str:
         )
         del new_ft
 
+    if "same-tokenizer" not in args.skip:
+        same_tokenizer_rows(state, record, old, old_tok, train, test, scorer, args, cache)
+
     markdown = render(state, args)
     if not args.fast:
         write_section("prt_transfer", markdown)
     print(markdown)
     return markdown
+
+
+def same_tokenizer_rows(state, record, new, tokenizer, train, test, scorer, args, cache) -> None:
+    """The same-tokenizer table: SmolLM2-135M-Instruct as the new base, its first half of layers (continued-
+    pretrained for `--pretrain-steps` on offline prose) as the old base; PRT and EFT as logits processors."""
+    from benchmarks.bench_prt_language import half_depth, pretraining_ids
+
+    rows = state["rows"]
+    names = [
+        f"same tokenizer: {n}"
+        for n in ("half-depth old alone", "half-depth old fine-tuned (LoRA)", "new + PRT reward", "new + EFT")
+    ]
+    if all(n in rows for n in names) and "same_tokenizer_speed" in state:
+        return
+    torch.manual_seed(0)
+    half = half_depth(new).train()
+    ids = pretraining_ids(tokenizer)
+    optimizer = torch.optim.AdamW(half.parameters(), lr=3e-4)
+    generator = torch.Generator().manual_seed(0)
+    began = time.perf_counter()
+    for step in range(args.pretrain_steps):
+        starts = torch.randint(0, len(ids) - 257, (8,), generator=generator).tolist()
+        chunk = torch.stack([ids[i : i + 256] for i in starts])
+        loss = half(input_ids=chunk, labels=chunk).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % 25 == 0:
+            print(
+                f"continued pretraining of the half-depth old base, step {step}: loss {loss.item():.3f}",
+                flush=True,
+            )
+    state["same_tokenizer_pretrain_seconds"] = time.perf_counter() - began
+    half.eval().requires_grad_(False)
+    reward = train_reward(half, tokenizer, train, args.steps, str(cache / "half_reward"))
+    half_ft = lora_finetune(half, tokenizer, train, args.steps, str(cache / "half_ft"))
+    systems = {
+        names[0]: (half, None),
+        names[1]: (half_ft, None),
+        names[2]: (new, lambda mask: [PRTLogitsProcessor(reward, mask, tokenizer=tokenizer)]),
+        names[3]: (new, lambda mask: [EFTLogitsProcessor(half_ft, half, mask, vocab_size=len(tokenizer))]),
+    }
+    for name, (model, processors) in systems.items():
+        if name not in rows:
+            record(
+                name,
+                evaluate(
+                    lambda b, m=model, p=processors: run_plain(m, tokenizer, b, scorer, processors=p),
+                    test,
+                    args.batch,
+                    name,
+                ),
+            )
+
+    def steps_with(processors):
+        def go(batch_items, n):
+            inputs = tokenizer([prompt(it) for it in batch_items], return_tensors="pt", padding=True)
+            out = new.generate(
+                **inputs,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                logits_processor=processors(inputs["attention_mask"]) if processors else None,
+            )
+            return out.shape[1] - inputs["input_ids"].shape[1]
+
+        return go
+
+    state["same_tokenizer_speed"] = decoding_speed(
+        {
+            "new base alone": steps_with(None),
+            "new + PRT": steps_with(systems[names[2]][1]),
+            "new + EFT": steps_with(systems[names[3]][1]),
+        },
+        test[:8],
+    )
 
 
 def render(state: dict, args) -> str:
@@ -419,6 +541,27 @@ def render(state: dict, args) -> str:
             "|---|---|---|---|",
         ]
         out += [cell(n) for n in ensemble]
+    same = [n for n in rows if n.startswith("same tokenizer: ")]
+    if same:
+        out += [
+            "",
+            "Same tokenizer (SmolLM2-135M-Instruct new base; its first 15 of 30 layers, continued-pretrained for "
+            f"{args.pretrain_steps} steps of 8x256 tokens, as the old base; PRT and EFT as logits processors):",
+            "",
+            "| system | accuracy % (95 % CI) | test items | |",
+            "|---|---|---|---|",
+        ]
+        out += [cell("old base alone").replace("old base alone", "new base alone (SmolLM2)")]
+        out += [cell(n) for n in same]
+        out += [
+            cell("old fine-tuned (LoRA)").replace("old fine-tuned (LoRA)", "new fine-tuned (LoRA, oracle)")
+        ]
+    if "same_tokenizer_speed" in state:
+        speed = state["same_tokenizer_speed"]
+        base = speed["new base alone"]
+        out += ["", "| same tokenizer, batch 8 | steps/s | vs new base alone |", "|---|---|---|"]
+        out += [f"| {k} | {v:.2f} | {v / base:.3f}x |" for k, v in speed.items()]
+        out += ["", f"PRT vs EFT with a shared tokenizer: {speed['new + PRT'] / speed['new + EFT']:.2f}x."]
     return "\n".join(out)
 
 

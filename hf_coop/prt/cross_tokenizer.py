@@ -159,8 +159,15 @@ class CrossTokenizerPRTModel(CommonVocabEnsemble):
             card = render_model_card(
                 "prt_model.md",
                 new_base=config.new_base_name_or_path,
-                reward_scale=config.reward_scale,
-                vocab_size=f"the MCV of both tokenizers ({self.config.mcv_size} strings), s = {self.transfer_scale}",
+                rule=(
+                    f"The reward was trained through `{self.reward.prt_config.base_model_name_or_path}`, whose "
+                    "tokenizer differs from the new base's, so the model runs over the maximal common vocabulary "
+                    f"of both ({self.config.mcv_size} strings): `log p = log π_new + s (log π_θ − log π_old)`, "
+                    f"renormalised, with s = {self.transfer_scale}, π_old the reward's base and π_θ = "
+                    f"softmax(log π_old + r / λ), λ = {config.reward_scale}, each reduced losslessly to the common "
+                    "vocabulary. Load it with the new base's tokenizer and use `model.tokenizer` for prompts and "
+                    "outputs."
+                ),
                 fingerprint=config.new_base_fingerprint,
             )
             (staging / "README.md").write_text(card, encoding="utf-8")

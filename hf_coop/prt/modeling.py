@@ -147,8 +147,11 @@ class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
             card = render_model_card(
                 "prt_model.md",
                 new_base=config.new_base_name_or_path,
-                reward_scale=config.reward_scale,
-                vocab_size=config.vocab_size,
+                rule=(
+                    f"At every step the reward's output, divided by λ = {config.reward_scale}, is added to the base's "
+                    f"log-probabilities: `p = softmax(log_softmax(f_base(x)) + r(x) / λ)` over {config.vocab_size} "
+                    "token ids."
+                ),
                 fingerprint=config.new_base_fingerprint,
             )
             (staging / "README.md").write_text(card, encoding="utf-8")

@@ -311,6 +311,8 @@ def test_a_saved_reward_reloaded_across_tokenizers_scores_the_same(
         conditionals(again, PROMPT, path), conditionals(model, PROMPT, path), rtol=0, atol=0
     )
     model.save_pretrained(tmp_path / "prt")
+    card = (tmp_path / "prt" / "README.md").read_text()
+    assert "maximal common vocabulary" in card and "s = 1.0" in card
     loaded = PRTModel.from_pretrained(tmp_path / "prt", dtype=torch.float64)
     assert isinstance(loaded, CrossTokenizerPRTModel) and loaded.transfer_scale == 1.0
     torch.testing.assert_close(

@@ -144,9 +144,7 @@ class TunedPairLM(nn.Module):
         every = torch.arange(n, device=input_ids.device)
         even, odd = every[parity == 0], every[parity == 1]
         keep = logits_to_keep if isinstance(logits_to_keep, torch.Tensor) else None
-        outputs: dict[
-            tuple[int, int], torch.Tensor
-        ] = {}  # (network index, pass index) -> logits per kept query
+        outputs: dict[tuple[int, int], torch.Tensor] = {}  # (call, pass) -> logits of the kept queries
         for index, (network, passes) in enumerate(self._passes(even, odd, every)):
             passes = [p for p in passes if len(p.rows)]
             if not passes:
@@ -193,9 +191,8 @@ class TunedPairLM(nn.Module):
         """Per-row logits: base on even rows; on odd rows the fine-tuned logits, or PRT's
         `log_softmax(f_base) + r / λ` over the first `vocab_size` ids."""
         prt = self.reward_scale is not None
-        fused_or_split = (0, 1) if self.fused else (1, 0)
         base = outputs.get((0, 0))
-        tuned = outputs.get(fused_or_split)
+        tuned = outputs.get((0, 1) if self.fused else (1, 0))  # the tuned pass: same call, or the second
         width = min(t.shape[-1] for t in (base, tuned) if t is not None)
         if self.vocab_size is not None:
             width = min(width, self.vocab_size)

@@ -215,7 +215,6 @@ def evaluate(run, test, batch: int, label: str) -> dict:
     return {
         "accuracy": p,
         "n": n,
-        "ci95": 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / n),
         "seconds": time.perf_counter() - began,
     }
 
@@ -487,6 +486,13 @@ def same_tokenizer_rows(state, record, new, tokenizer, train, test, scorer, args
     )
 
 
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (sound at 0 % and 100 %, where the normal one collapses)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def render(state: dict, args) -> str:
     rows = state["rows"]
 
@@ -494,8 +500,9 @@ def render(state: dict, args) -> str:
         row = rows.get(name)
         if row is None:
             return "| " + name + " | not run | | |"
-        extra = f"s = {row['s']} (validation {row['validation']})" if "s" in row else ""
-        return f"| {name} | {100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f} | {row['n']} | {extra} |"
+        extra = f"s = {row['s']} (validation accuracy by s: {row['validation']})" if "s" in row else ""
+        low, high = wilson(row["accuracy"], row["n"])
+        return f"| {name} | {100 * row['accuracy']:.1f} ({100 * low:.1f}–{100 * high:.1f}) | {row['n']} | {extra} |"
 
     table = ["| system | accuracy % (95 % CI) | test items | notes |", "|---|---|---|---|"]
     order = [

@@ -68,6 +68,8 @@ class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
     def __new__(cls, new_base=None, reward_model=None, *args: Any, tokenizer=None, **kwargs: Any):
         from .cross_tokenizer import cross_tokenizer_prt, crosses_tokenizers
 
+        if tokenizer is None and len(args) >= 3:  # (reward_scale, vocab_size, tokenizer) given by position
+            tokenizer = args[2]
         if crosses_tokenizers(reward_model, tokenizer):
             if args:
                 raise ConfigError(

@@ -37,6 +37,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
+    PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
     Trainer,
@@ -219,6 +220,22 @@ def evaluate(run, test, batch: int, label: str) -> dict:
     }
 
 
+def fixed_steps(model, tokenizer, processors=None):
+    """A function decoding exactly `n` greedy steps for a batch of items and returning `n` (for timing):
+    `model` with `tokenizer` (a plain model, optionally with logits processors, or an engine model)."""
+
+    def go(batch_items, n):
+        inputs = tokenizer([prompt(it) for it in batch_items], return_tensors="pt", padding=True)
+        plain = isinstance(tokenizer, PreTrainedTokenizerBase)  # engine models carry their own pad id
+        options = {"pad_token_id": tokenizer.pad_token_id} if plain else {}
+        if processors is not None:
+            options["logits_processor"] = processors(inputs["attention_mask"])
+        out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **options)
+        return out.shape[1] - inputs["input_ids"].shape[1]
+
+    return go
+
+
 def decoding_speed(makers: dict, prompts_items, new_tokens: int = 8, repeats: int = 2) -> dict:
     """Decoding steps per second at one batch, best of `repeats` interleaved runs."""
     best = dict.fromkeys(makers, 0.0)
@@ -348,30 +365,11 @@ def main(argv: list[str] | None = None) -> str:
                 cross("eft", 1.0),
             )
 
-            def engine_steps(model):
-                def go(batch_items, n):
-                    inputs = model.tokenizer([prompt(it) for it in batch_items], return_tensors="pt")
-                    out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-                    return out.shape[1] - inputs["input_ids"].shape[1]
-
-                return go
-
-            def plain_steps(batch_items, n):
-                inputs = new_tok([prompt(it) for it in batch_items], return_tensors="pt", padding=True)
-                out = new.generate(
-                    **inputs,
-                    max_new_tokens=n,
-                    min_new_tokens=n,
-                    do_sample=False,
-                    pad_token_id=new_tok.pad_token_id,
-                )
-                return out.shape[1] - inputs["input_ids"].shape[1]
-
             state["speed"] = decoding_speed(
                 {
-                    "new base alone": plain_steps,
-                    "new + PRT (MCV)": engine_steps(prt_model),
-                    "new + EFT (MCV)": engine_steps(eft_model),
+                    "new base alone": fixed_steps(new, new_tok),
+                    "new + PRT (MCV)": fixed_steps(prt_model, prt_model.tokenizer),
+                    "new + EFT (MCV)": fixed_steps(eft_model, eft_model.tokenizer),
                 },
                 test[:8],
             )
@@ -461,26 +459,11 @@ def same_tokenizer_rows(state, record, new, tokenizer, train, test, scorer, args
                 ),
             )
 
-    def steps_with(processors):
-        def go(batch_items, n):
-            inputs = tokenizer([prompt(it) for it in batch_items], return_tensors="pt", padding=True)
-            out = new.generate(
-                **inputs,
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                logits_processor=processors(inputs["attention_mask"]) if processors else None,
-            )
-            return out.shape[1] - inputs["input_ids"].shape[1]
-
-        return go
-
     state["same_tokenizer_speed"] = decoding_speed(
         {
-            "new base alone": steps_with(None),
-            "new + PRT": steps_with(systems[names[2]][1]),
-            "new + EFT": steps_with(systems[names[3]][1]),
+            "new base alone": fixed_steps(new, tokenizer),
+            "new + PRT": fixed_steps(new, tokenizer, systems[names[2]][1]),
+            "new + EFT": fixed_steps(new, tokenizer, systems[names[3]][1]),
         },
         test[:8],
     )

@@ -29,15 +29,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..artefacts import atomic_save, render_model_card, write_manifest
-from ..config_utils import model_fingerprint
 from ..errors import ConfigError, check_real
 from ..vocab.engine.cache import EngineCache
 from ..vocab.engine.paired import TunedPairLM
 from ..vocab.engine.scheduler import EngineMember, Scheduler
 from ..vocab.engine.settings import BOUNDED_MAX_HYPOTHESES, BOUNDED_PRUNE_RATIO
 from ..vocab.ensemble import CommonVocabEnsemble
-from .config import PRTConfig, PRTModelConfig
+from .config import PRTConfig
 from .core import transfer_log_probs
 
 METHODS = ("prt", "eft")
@@ -52,7 +50,7 @@ class CrossTokenizerPRTModel(CommonVocabEnsemble):
     """
 
     def attach(self, pair: TunedPairLM, method: str, transfer_scale: float, reward=None) -> None:
-        self.config.transfer = {"method": method, "reward_scale": pair.reward_scale}
+        """What `from_models` adds to the ensemble it built: the old side's paired model and the rule."""
         self.pair = pair
         self.method = method
         self.transfer_scale = transfer_scale
@@ -66,8 +64,6 @@ class CrossTokenizerPRTModel(CommonVocabEnsemble):
     def transfer_scale(self, value: float) -> None:
         check_real("transfer_scale (s)", value)
         self._transfer_scale = float(value)
-        if hasattr(self.config, "transfer"):
-            self.config.transfer["transfer_scale"] = float(value)
 
     @classmethod
     def from_models(
@@ -127,50 +123,29 @@ class CrossTokenizerPRTModel(CommonVocabEnsemble):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Write `prt_model.json` (the new base's id and fingerprint, λ, s, the engine settings) and the reward
         in `reward/`, atomically with a manifest; `PRTModel.from_pretrained` rebuilds it."""
-        from .modeling import REWARD_FOLDER
-        from .reward_model import PRTRewardModel
+        from .modeling import save_prt_folder
 
         if self.method != "prt" or self.reward is None:
             raise ConfigError(
                 "only a PRT model built from a PRTRewardModel can be saved; the EFT baseline is rebuilt from its "
                 "models (save the fine-tuned model itself)"
             )
-        new_base = self.members[0].original
-        if not new_base.name_or_path:
-            raise ConfigError(
-                "the new base has no name or path to record; save it first and build the model on the reloaded "
-                "one, or set new_base.name_or_path"
-            )
-        config = PRTModelConfig(
-            new_base_name_or_path=new_base.name_or_path,
-            new_base_fingerprint=model_fingerprint(new_base),
+        save_prt_folder(
+            save_directory,
+            self.members[0].original,
+            self.reward,
+            f"The reward was trained through `{self.reward.prt_config.base_model_name_or_path}`, whose tokenizer "
+            "differs from the new base's, so the model runs over the maximal common vocabulary of both "
+            f"({self.config.mcv_size} strings): `log p = log π_new + s (log π_θ − log π_old)`, renormalised, with "
+            f"s = {self.transfer_scale}, π_old the reward's base and π_θ = softmax(log π_old + r / λ), "
+            f"λ = {self.pair.reward_scale}, each reduced losslessly to the common vocabulary. Load it with the new "
+            "base's tokenizer and use `model.tokenizer` for prompts and outputs.",
             reward_scale=self.pair.reward_scale,
-            vocab_size=None,
             transfer_scale=self.transfer_scale,
             cross_tokenizer_engine=self.settings.to_dict(),
             prompt_boundary=self.config.prompt_boundary,
             mcv_fingerprint=self.config.mcv_fingerprint,
         )
-        with atomic_save(save_directory, "PRTModel") as staging:
-            config.save_pretrained(staging)
-            reward: PRTRewardModel = self.reward
-            PRTRewardModel(reward.model, reward.prt_config)._save_pretrained(staging / REWARD_FOLDER)
-            write_manifest(staging / REWARD_FOLDER, PRTRewardModel.__name__)
-            card = render_model_card(
-                "prt_model.md",
-                new_base=config.new_base_name_or_path,
-                rule=(
-                    f"The reward was trained through `{self.reward.prt_config.base_model_name_or_path}`, whose "
-                    "tokenizer differs from the new base's, so the model runs over the maximal common vocabulary "
-                    f"of both ({self.config.mcv_size} strings): `log p = log π_new + s (log π_θ − log π_old)`, "
-                    f"renormalised, with s = {self.transfer_scale}, π_old the reward's base and π_θ = "
-                    f"softmax(log π_old + r / λ), λ = {config.reward_scale}, each reduced losslessly to the common "
-                    "vocabulary. Load it with the new base's tokenizer and use `model.tokenizer` for prompts and "
-                    "outputs."
-                ),
-                fingerprint=config.new_base_fingerprint,
-            )
-            (staging / "README.md").write_text(card, encoding="utf-8")
 
 
 def cross_tokenizer_prt(

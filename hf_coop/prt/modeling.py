@@ -32,6 +32,39 @@ from .reward_model import PRTRewardModel
 REWARD_FOLDER = "reward"
 
 
+def save_prt_folder(
+    save_directory: str | os.PathLike,
+    new_base: nn.Module,
+    reward: PRTRewardModel,
+    rule: str,
+    **config_fields: Any,
+) -> None:
+    """The saved form of every PRT model: `prt_model.json` (the new base's id and fingerprint, plus
+    `config_fields`), the reward in `reward/` and a model card whose `rule` says how the reward is applied;
+    atomically, with a manifest, never the new base's weights."""
+    if not new_base.name_or_path:
+        raise ConfigError(
+            "the new base has no name or path to record; save it first (new_base.save_pretrained(folder)) and "
+            "build the PRT model on the reloaded model, or set new_base.name_or_path"
+        )
+    config = PRTModelConfig(
+        new_base_name_or_path=new_base.name_or_path,
+        new_base_fingerprint=model_fingerprint(new_base),
+        **config_fields,
+    )
+    with atomic_save(save_directory, PRTModel.__name__) as staging:
+        config.save_pretrained(staging)
+        reward._save_pretrained(staging / REWARD_FOLDER)
+        write_manifest(staging / REWARD_FOLDER, PRTRewardModel.__name__)
+        card = render_model_card(
+            "prt_model.md",
+            new_base=config.new_base_name_or_path,
+            rule=rule,
+            fingerprint=config.new_base_fingerprint,
+        )
+        (staging / "README.md").write_text(card, encoding="utf-8")
+
+
 class PRTCache(Cache):
     """The KV caches of both members seen as one `Cache`: generate's reorder (beam search), crop and batch
     selection run over every layer of both, so the members always follow the same sequences."""
@@ -128,35 +161,19 @@ class PRTModel(RewardScaleAlias, PreTrainedModel, GenerationMixin):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Write `prt_model.json` (the new base's id and fingerprint, λ, vocabulary size) and the reward in
         `reward/`, atomically with a manifest; never the new base's weights."""
-        if not self.new_base.name_or_path:
-            raise ConfigError(
-                "the new base has no name or path to record; save it first (new_base.save_pretrained(folder)) and "
-                "build the PRTModel on the reloaded model, or set new_base.name_or_path"
-            )
-        config = PRTModelConfig(
-            new_base_name_or_path=self.new_base.name_or_path,
-            new_base_fingerprint=model_fingerprint(self.new_base),
-            reward_scale=self.reward_scale,
-            vocab_size=self.vocab_size,
-        )
         reward_config = self.reward_config or PRTConfig(
             reward_scale=self.reward_scale, vocab_size=self.vocab_size
         )
-        with atomic_save(save_directory, type(self).__name__) as staging:
-            config.save_pretrained(staging)
-            PRTRewardModel(self.reward, reward_config)._save_pretrained(staging / REWARD_FOLDER)
-            write_manifest(staging / REWARD_FOLDER, PRTRewardModel.__name__)
-            card = render_model_card(
-                "prt_model.md",
-                new_base=config.new_base_name_or_path,
-                rule=(
-                    f"At every step the reward's output, divided by λ = {config.reward_scale}, is added to the base's "
-                    f"log-probabilities: `p = softmax(log_softmax(f_base(x)) + r(x) / λ)` over {config.vocab_size} "
-                    "token ids."
-                ),
-                fingerprint=config.new_base_fingerprint,
-            )
-            (staging / "README.md").write_text(card, encoding="utf-8")
+        save_prt_folder(
+            save_directory,
+            self.new_base,
+            PRTRewardModel(self.reward, reward_config),
+            f"At every step the reward's output, divided by λ = {self.reward_scale}, is added to the base's "
+            f"log-probabilities: `p = softmax(log_softmax(f_base(x)) + r(x) / λ)` over {self.vocab_size} "
+            "token ids.",
+            reward_scale=self.reward_scale,
+            vocab_size=self.vocab_size,
+        )
 
     def push_to_hub(self, repo_id: str, **kwargs: Any):
         """Upload the saved folder as one commit (`push_folder_to_hub` arguments)."""

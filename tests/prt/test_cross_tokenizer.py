@@ -78,6 +78,24 @@ class TunedView(torch.nn.Module):
         return type("Out", (), {"logits": base + reward / self.reward_scale})
 
 
+def oracle_conditionals(model, networks, path: list[int], steps: int) -> torch.Tensor:
+    """The transfer rule applied to enumeration oracles of (new, tuned, old), after each prefix of `path`.
+    `networks`: (the model whose EOS ids count, the model scored) per distribution; the first is over the new
+    tokenizer, the other two over the old one."""
+    rows = []
+    for step in range(steps):
+        per_model = []
+        for index, (network, scorer) in enumerate(networks):
+            reduced = model.members[min(index, 1)]
+            tokenizer = reduced.tokenizer.original
+            prefix, tail = reduced.tokenizer.bounded(reduced.tokenizer.prompt(PROMPT))
+            logprobs = oracle_next_logprobs(scorer, tokenizer, reduced.nested, prefix, tail, path[:step])
+            eos = eos_sub_ids(network, tokenizer, reduced.nested)
+            per_model.append(to_ensemble_vocab(logprobs[None], model.num_text, eos)[0])
+        rows.append(transfer_log_probs(*per_model).double())
+    return torch.stack(rows)
+
+
 def test_the_rule_with_a_shared_tokenizer_is_prt():
     torch.manual_seed(0)
     new, base, reward = (torch.randn(3, 50, dtype=torch.float64) * 3 for _ in range(3))
@@ -130,21 +148,8 @@ def test_conditionals_equal_an_enumeration_over_every_tokenization(
     path = greedy_path(model, PROMPT, n=3)
     got = conditionals(model, PROMPT, path)
     tuned = TunedView(old, reward.model, LAMBDA)
-    members = [
-        (new, sentencepiece_tokenizer, new),
-        (old, byte_level_tokenizer, tuned),
-        (old, byte_level_tokenizer, old),
-    ]
-    for step in range(len(path)):
-        per_model = []
-        for index, (network, tokenizer, scorer) in enumerate(members):
-            reduced = model.members[min(index, 1)]
-            prefix, tail = reduced.tokenizer.bounded(reduced.tokenizer.prompt(PROMPT))
-            logprobs = oracle_next_logprobs(scorer, tokenizer, reduced.nested, prefix, tail, path[:step])
-            eos = eos_sub_ids(network, tokenizer, reduced.nested)
-            per_model.append(to_ensemble_vocab(logprobs[None], model.num_text, eos)[0])
-        expected = transfer_log_probs(*per_model).double()
-        torch.testing.assert_close(got[step], expected, rtol=0, atol=1e-9)
+    expected = oracle_conditionals(model, [(new, new), (old, tuned), (old, old)], path, len(got))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
 
 
 class count_calls:
@@ -216,13 +221,26 @@ def test_batched_rows_equal_each_row_alone(new, reward, byte_level_tokenizer, se
         prune_ratio=1e-8,
         prompt_boundary="tail",
     )
-    prompts = ["It is a truth", "It is", "It is a truth", "The quick brown fox"]
+    continued = "It is" + model.tokenizer.decode(
+        greedy_path(model, "It is", n=2)
+    )  # a prompt + its own output
+    prompts = ["It is a truth", "It is", "It is a truth", "The quick brown fox", continued]
     inputs = model.tokenizer(prompts, return_tensors="pt")
-    batch = model.generate(**inputs, max_new_tokens=5, do_sample=False)[:, inputs["input_ids"].shape[1] :]
+    steps = 5
+    with count_calls(new) as new_calls, count_calls(reward.model) as old_calls:
+        batch = model.generate(**inputs, max_new_tokens=steps, do_sample=False)[
+            :, inputs["input_ids"].shape[1] :
+        ]
+    walk = [int((inputs["member_tail_bytes"][:, m] >= 0).sum(-1).max()) for m in range(2)]
+    # one forward of each model per step for all rows (and per byte of the prompts' tails): the old base and
+    # its reward share the old side's one mixed-adapter forward
+    assert new_calls.calls <= 1 + walk[0] + steps and old_calls.calls <= 1 + walk[1] + steps
     for row, prompt in enumerate(prompts):
         alone = model.tokenizer([prompt], return_tensors="pt")
-        out = model.generate(**alone, max_new_tokens=5, do_sample=False)[0, alone["input_ids"].shape[1] :]
+        out = model.generate(**alone, max_new_tokens=steps, do_sample=False)[0, alone["input_ids"].shape[1] :]
         assert batch[row, : len(out)].tolist() == out.tolist()
+    again = model.generate(**inputs, max_new_tokens=steps, do_sample=False)[:, inputs["input_ids"].shape[1] :]
+    assert torch.equal(again, batch)  # the same object reused acts like a fresh one
 
 
 def test_eft_across_tokenizers_is_the_same_rule_with_a_fine_tuned_model(
@@ -243,22 +261,8 @@ def test_eft_across_tokenizers_is_the_same_rule_with_a_fine_tuned_model(
     )
     path = greedy_path(eft, PROMPT, n=2)
     got = conditionals(eft, PROMPT, path)
-    expected = []
-    for index, (network, tokenizer) in enumerate(
-        [(new, sentencepiece_tokenizer), (finetuned, byte_level_tokenizer), (old, byte_level_tokenizer)]
-    ):
-        reduced = eft.members[min(index, 1)]
-        prefix, tail = reduced.tokenizer.bounded(reduced.tokenizer.prompt(PROMPT))
-        rows = []
-        for step in range(len(path)):
-            logprobs = oracle_next_logprobs(network, tokenizer, reduced.nested, prefix, tail, path[:step])
-            rows.append(
-                to_ensemble_vocab(
-                    logprobs[None], eft.num_text, eos_sub_ids(network, tokenizer, reduced.nested)
-                )[0]
-            )
-        expected.append(torch.stack(rows))
-    torch.testing.assert_close(got[: len(path)], transfer_log_probs(*expected).double(), rtol=0, atol=1e-9)
+    expected = oracle_conditionals(eft, [(new, new), (finetuned, finetuned), (old, old)], path, len(got))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
 
 
 def test_the_transfer_scale_is_validated_and_changes_the_distribution(

@@ -420,7 +420,9 @@ def same_tokenizer_rows(state, record, new, tokenizer, train, test, scorer, args
     if all(n in rows for n in names) and "same_tokenizer_speed" in state:
         return
     torch.manual_seed(0)
-    half = half_depth(new).train()
+    half = (
+        half_depth(new).train().requires_grad_(True)
+    )  # PRTTrainer froze `new` (the old base above) in place
     ids = pretraining_ids(tokenizer)
     optimizer = torch.optim.AdamW(half.parameters(), lr=3e-4)
     generator = torch.Generator().manual_seed(0)

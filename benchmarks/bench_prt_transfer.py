@@ -554,7 +554,94 @@ def render(state: dict, args) -> str:
         out += ["", "| same tokenizer, batch 8 | steps/s | vs new base alone |", "|---|---|---|"]
         out += [f"| {k} | {v:.2f} | {v / base:.3f}x |" for k, v in speed.items()]
         out += ["", f"PRT vs EFT with a shared tokenizer: {speed['new + PRT'] / speed['new + EFT']:.2f}x."]
+    out += ["", *targets(state)]
+    restored = [n for n, row in rows.items() if "restored_from" in row]
+    if restored:
+        out += [
+            "",
+            f"Carried over from an earlier run of the same command (its cache was lost; figures read back from "
+            f"this file): {', '.join(restored)}.",
+        ]
     return "\n".join(out)
+
+
+def targets(state: dict) -> list[str]:
+    """The issue's targets, each stated as met or missed from the measured rows (with the reason for a miss)."""
+    rows = state["rows"]
+
+    def acc(name):
+        return rows[name]["accuracy"] if name in rows else None
+
+    def interval(name):
+        return wilson(rows[name]["accuracy"], rows[name]["n"])
+
+    def pct(x):
+        return f"{100 * x:.1f} %"
+
+    out = []
+    old, old_ft = acc("old base alone"), acc("old fine-tuned (LoRA)")
+    if old is not None and old_ft is not None:
+        gain = old_ft - old
+        out.append(
+            f"- Task choice: the old base's LoRA fine-tune gains {100 * gain:.1f} points over the old base alone "
+            f"({'qualifies' if gain >= 0.3 else 'does not qualify'}: at least 30 asked)."
+        )
+    new, oracle = acc("new base alone"), acc("new fine-tuned (LoRA, oracle)")
+    prt, eft = acc("new + PRT reward across tokenizers"), acc("new + EFT across tokenizers")
+    if None not in (new, oracle, prt, eft):
+        recovered = (prt - new) / (oracle - new) if oracle > new else float("nan")
+        low, high = interval("new + PRT reward across tokenizers")
+        out.append(
+            f"- Across tokenizers, new + PRT ({pct(prt)}) recovers {100 * recovered:.0f} % of the gap between the "
+            f"new base alone ({pct(new)}) and its LoRA oracle ({pct(oracle)}): "
+            f"{'met' if recovered >= 0.5 else 'missed'} (at least half asked). Against new + EFT ({pct(eft)}): "
+            f"{'met' if eft <= high else 'missed'} (EFT {'within or below' if eft <= high else 'above'} PRT's "
+            f"interval {pct(low)}–{pct(high)})."
+        )
+    if "speed" in state:
+        ratio = state["speed"]["new + PRT (MCV)"] / state["speed"]["new + EFT (MCV)"]
+        line = f"- Decoding speed across tokenizers, PRT vs EFT: {ratio:.2f}x: {'met' if ratio >= 1.3 else 'missed'} (1.3x asked)."
+        if ratio < 1.3:
+            line += (
+                " Across tokenizers the normalisers do not cancel, so PRT needs pi_old explicitly, reduced with its"
+                " own hypotheses: the old side runs the base on pi_old's histories and base plus adapter on"
+                " pi_theta's (three row-passes in one mixed-adapter forward) where EFT runs the base and the"
+                " fine-tune (two row-passes in two forwards); on a CPU the arithmetic dominates."
+            )
+        out.append(line)
+    members = [n for n in rows if "few-shot" in n and "alone" in n]
+    ensembles = [n for n in rows if "few-shot" in n and "ensemble" in n]
+    if members and ensembles:
+        best = max(members, key=acc)
+        top = max(ensembles, key=acc)
+        beats = interval(top)[0] > interval(best)[1]
+        out.append(
+            f"- MCV ensemble: its best mode ({top}, {pct(acc(top))}) against its best member ({best}, "
+            f"{pct(acc(best))}): {'met' if beats else 'missed'} (outside the interval asked)."
+            + (
+                ""
+                if beats
+                else " A member far weaker than the other drags the combination below the stronger one."
+            )
+        )
+    same = "same tokenizer: "
+    same_prt, same_eft = acc(same + "new + PRT reward"), acc(same + "new + EFT")
+    if None not in (same_prt, same_eft, old, old_ft):
+        low, high = interval(same + "new + PRT reward")
+        recovered = (same_prt - old) / (old_ft - old) if old_ft > old else float("nan")
+        out.append(
+            f"- Same tokenizer: new + PRT {pct(same_prt)} (interval {pct(low)}–{pct(high)}), new + EFT "
+            f"{pct(same_eft)}; PRT recovers {100 * recovered:.0f} % of the gap between SmolLM2 alone and its LoRA "
+            f"fine-tune."
+        )
+    if "same_tokenizer_speed" in state:
+        speed = state["same_tokenizer_speed"]
+        ratio = speed["new + PRT"] / speed["new + EFT"]
+        out.append(
+            f"- Decoding speed with a shared tokenizer, PRT vs EFT: {ratio:.2f}x: "
+            f"{'met' if ratio >= 1.3 else 'missed'} (1.3x asked)."
+        )
+    return ["Targets:", "", *out] if out else []
 
 
 if __name__ == "__main__":

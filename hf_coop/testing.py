@@ -249,3 +249,26 @@ def rescore_alone(model, inputs: dict, tokens: list[int]) -> torch.Tensor:
         ids = torch.cat([ids, torch.tensor([[token]], device=ids.device)], dim=1)
         rows.append(model(input_ids=ids, cache=cache).logits[0, -1])
     return torch.stack(rows)
+
+
+# --- portable reward tuning ---
+
+
+def random_lora_reward(base, tokenizer, seed: int = 0, reward_scale: float = 0.5, rank: int = 4):
+    """A `PRTRewardModel` that is a LoRA adapter on a copy of `base` with random, non-zero weights (the shape
+    `PRTTrainer` builds, without training): a reward whose steering is visible in every distribution."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from hf_coop.prt import PRTConfig, PRTRewardModel
+    from hf_coop.prt.reward_model import reward_config_from_models
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    network = get_peft_model(copy.deepcopy(base), config).eval()
+    return PRTRewardModel(
+        network, reward_config_from_models(PRTConfig(reward_scale=reward_scale), base, tokenizer)
+    )

@@ -115,7 +115,7 @@ class TestCrossTokenizerPRTModel(ArtefactContract):
     artefact = "PRTModel"
 
     def build(self, tmp_path, variant=0):
-        from tests.prt.test_cross_tokenizer import lora_reward
+        from hf_coop.testing import random_lora_reward
 
         old, old_tokenizer = saved_model_folder(
             tiny_causal_lm(tiny_byte_level_tokenizer()), tiny_byte_level_tokenizer(), tmp_path / "old"
@@ -125,7 +125,7 @@ class TestCrossTokenizerPRTModel(ArtefactContract):
             tiny_sentencepiece_tokenizer(),
             tmp_path / "new",
         )
-        reward = lora_reward(old, old_tokenizer, reward_scale=0.5 + variant)
+        reward = random_lora_reward(old, old_tokenizer, reward_scale=0.5 + variant)
         return PRTModel(new, reward, tokenizer=new_tokenizer, max_hypotheses=4)
 
     def load(self, folder):

@@ -56,12 +56,12 @@ class TestPRTModelGenerates(GenerationContract):
 
 class TestCrossTokenizerPRTModelGenerates(GenerationContract):
     def model(self, tmp_path):
-        from tests.prt.test_cross_tokenizer import lora_reward
+        from hf_coop.testing import random_lora_reward
 
         old_tokenizer, new_tokenizer = tiny_byte_level_tokenizer(), tiny_sentencepiece_tokenizer()
         old = tiny_causal_lm(old_tokenizer, dtype=torch.float64)
         new = tiny_causal_lm(new_tokenizer, arch="gemma3", seed=1, dtype=torch.float64)
-        reward = lora_reward(old, old_tokenizer)
+        reward = random_lora_reward(old, old_tokenizer)
         return PRTModel(
             new,
             reward,

@@ -5,14 +5,13 @@ import copy
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 from hf_coop.errors import ArtifactError, ConfigError
 from hf_coop.prt import PRTConfig, PRTLogitsProcessor, PRTModel, PRTRewardModel
 from hf_coop.prt.core import prt_log_probs, transfer_log_probs
 from hf_coop.prt.cross_tokenizer import CrossTokenizerPRTModel
 from hf_coop.prt.reward_model import reward_config_from_models
-from hf_coop.testing import rescore_alone, tiny_byte_level_tokenizer, tiny_causal_lm
+from hf_coop.testing import random_lora_reward, rescore_alone, tiny_byte_level_tokenizer, tiny_causal_lm
 from hf_coop.vocab.ensemble import to_ensemble_vocab
 from hf_coop.vocab.reduced_lm import eos_sub_ids
 from hf_coop.vocab.token_bytes import token_bytes
@@ -20,16 +19,6 @@ from tests.oracles import oracle_next_logprobs
 
 LAMBDA = 0.5
 PROMPT = "The q"
-
-
-def lora_reward(old_base, tokenizer, seed: int = 0, reward_scale: float = LAMBDA) -> PRTRewardModel:
-    """A LoRA reward on a copy of `old_base` with random (non-zero) adapter weights, as PRTTrainer builds one."""
-    torch.manual_seed(seed)
-    config = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False)
-    network = get_peft_model(copy.deepcopy(old_base), config).eval()
-    return PRTRewardModel(
-        network, reward_config_from_models(PRTConfig(reward_scale=reward_scale), old_base, tokenizer)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +33,7 @@ def new(sentencepiece_tokenizer):
 
 @pytest.fixture(scope="module")
 def reward(old, byte_level_tokenizer):
-    return lora_reward(old, byte_level_tokenizer)
+    return random_lora_reward(old, byte_level_tokenizer)
 
 
 def build(new, new_tokenizer, reward, old_tokenizer, **kwargs):
@@ -110,7 +99,7 @@ def test_a_byte_vocabulary_shared_by_all_reproduces_the_prt_processor():
     tokenizer = tiny_byte_level_tokenizer(vocab_size=258)  # the 256 bytes and the special tokens
     old = tiny_causal_lm(tokenizer, seed=0, dtype=torch.float64)
     new = tiny_causal_lm(tokenizer, arch="gpt2", seed=1, dtype=torch.float64)
-    reward = lora_reward(old, tokenizer)
+    reward = random_lora_reward(old, tokenizer)
     model = CrossTokenizerPRTModel.from_models(
         new,
         tokenizer,
@@ -303,7 +292,7 @@ def test_a_saved_reward_reloaded_across_tokenizers_scores_the_same(
 
     old_saved, old_tokenizer = saved_model_folder(old, byte_level_tokenizer, tmp_path / "old")
     new_saved, new_tokenizer = saved_model_folder(new, sentencepiece_tokenizer, tmp_path / "new")
-    reward = lora_reward(old_saved, old_tokenizer)
+    reward = random_lora_reward(old_saved, old_tokenizer)
     model = PRTModel(new_saved, reward, tokenizer=new_tokenizer, dtype="float64", max_hypotheses=4)
     reward.save_pretrained(tmp_path / "reward")
     reloaded = PRTRewardModel.from_pretrained(

@@ -179,11 +179,15 @@ class PRTRewardModel(
 
         config = self.prt_config
         tried = []
-        for where in (self.source_folder, config.base_model_name_or_path):
+        # the reward's own folder (an adapter folder holds no config.json), then the recorded base's
+        for where, locate in (
+            (self.source_folder, str),
+            (config.base_model_name_or_path, resolve_model_path),
+        ):
             if where is None:
                 continue
             try:
-                return AutoTokenizer.from_pretrained(resolve_model_path(where))
+                return AutoTokenizer.from_pretrained(locate(where))
             except Exception as error:  # noqa: BLE001 - every reason is reported below
                 tried.append(f"{where}: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
         raise ArtifactError(

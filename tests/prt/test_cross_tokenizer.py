@@ -334,6 +334,30 @@ def test_a_reward_whose_base_tokenizer_cannot_be_found_is_refused(
         PRTModel(new, PRTRewardModel(network, config), tokenizer=sentencepiece_tokenizer)
 
 
+def test_the_tokenizer_saved_beside_an_adapter_reward_is_found(
+    tmp_path, new, old, byte_level_tokenizer, sentencepiece_tokenizer
+):
+    """A LoRA reward folder (no config.json, as `PRTTrainer.save_model` writes it) with its tokenizer, whose
+    recorded base is gone: the tokenizer beside the reward is the one used."""
+    reward = random_lora_reward(old, byte_level_tokenizer)
+    reward.prt_config.base_model_name_or_path = "/nowhere/old-base"
+    reward.save_pretrained(tmp_path / "reward")
+    byte_level_tokenizer.save_pretrained(tmp_path / "reward")
+    reloaded = PRTRewardModel.from_pretrained(tmp_path / "reward", base_model=copy.deepcopy(old))
+    model = PRTModel(new, reloaded, tokenizer=sentencepiece_tokenizer, dtype="float64", max_hypotheses=4)
+    expected = PRTModel(
+        new,
+        reward,
+        tokenizer=sentencepiece_tokenizer,
+        reward_tokenizer=byte_level_tokenizer,
+        dtype="float64",
+        max_hypotheses=4,
+    )
+    torch.testing.assert_close(
+        conditionals(model, PROMPT, []), conditionals(expected, PROMPT, []), rtol=0, atol=0
+    )
+
+
 def test_a_plain_model_as_a_reward_across_tokenizers_is_refused_with_how_to_make_one(
     new, old, byte_level_tokenizer, sentencepiece_tokenizer
 ):

@@ -18,7 +18,8 @@ EFT's baseline is the same rule with a fine-tuned old model as π_θ.
 Generation runs over the MCV through the ensemble machinery (batching, sampling, beam search, streamers,
 `prompt_boundary`). π_old and π_θ are the two copies of each row of one engine member (`TunedPairLM`): a
 LoRA reward runs both in one batched forward of the old base (peft's mixed-adapter batches), so a step costs
-one forward of the new base and one of the old.
+one forward of the new base and one of the old; its rows are the base on the histories of both π_old and π_θ
+and the adapter on π_θ's (each distribution keeps its own hypotheses).
 """
 
 from __future__ import annotations

@@ -251,6 +251,30 @@ def rescore_alone(model, inputs: dict, tokens: list[int]) -> torch.Tensor:
     return torch.stack(rows)
 
 
+class CountForwards:
+    """Counts a module's forward calls (`.calls`) while in use as a context manager: batched engines promise
+    one forward per model and step, and tests hold them to it."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.calls = module, 0
+
+    def __enter__(self) -> CountForwards:
+        self.handle = self.module.register_forward_hook(self._count)
+        return self
+
+    def _count(self, *args) -> None:
+        self.calls += 1
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+def tail_steps(tail_bytes: torch.Tensor) -> int:
+    """Steps of the engine's byte walk over the prompts' tails (`tail_bytes` of one member: one batched
+    forward each at most)."""
+    return int((tail_bytes >= 0).sum(-1).max())
+
+
 # --- portable reward tuning ---
 
 

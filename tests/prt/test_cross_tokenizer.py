@@ -11,7 +11,14 @@ from hf_coop.prt import PRTConfig, PRTLogitsProcessor, PRTModel, PRTRewardModel
 from hf_coop.prt.core import prt_log_probs, transfer_log_probs
 from hf_coop.prt.cross_tokenizer import CrossTokenizerPRTModel
 from hf_coop.prt.reward_model import reward_config_from_models
-from hf_coop.testing import random_lora_reward, rescore_alone, tiny_byte_level_tokenizer, tiny_causal_lm
+from hf_coop.testing import (
+    CountForwards,
+    random_lora_reward,
+    rescore_alone,
+    tail_steps,
+    tiny_byte_level_tokenizer,
+    tiny_causal_lm,
+)
 from hf_coop.vocab.ensemble import to_ensemble_vocab
 from hf_coop.vocab.reduced_lm import eos_sub_ids
 from hf_coop.vocab.token_bytes import token_bytes
@@ -141,20 +148,6 @@ def test_conditionals_equal_an_enumeration_over_every_tokenization(
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
 
 
-class count_calls:
-    """Counts a module's forward calls while in use as a context manager."""
-
-    def __init__(self, module):
-        self.module, self.calls = module, 0
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_hook(lambda *args: setattr(self, "calls", self.calls + 1))
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
 def test_a_lora_reward_runs_old_and_tuned_in_one_forward_equal_to_two(
     new, old, reward, byte_level_tokenizer, sentencepiece_tokenizer
 ):
@@ -177,7 +170,7 @@ def test_a_lora_reward_runs_old_and_tuned_in_one_forward_equal_to_two(
     for model in (fused, separate):
         networks = {"new": new, "old": old, "lora": reward.model, "merged": merged}
         with contextlib.ExitStack() as stack:
-            calls = {name: stack.enter_context(count_calls(net)) for name, net in networks.items()}
+            calls = {name: stack.enter_context(CountForwards(net)) for name, net in networks.items()}
             inputs = model.tokenizer(prompts, return_tensors="pt")
             cache = model.new_cache()
             out = model.generate(
@@ -216,11 +209,11 @@ def test_batched_rows_equal_each_row_alone(new, reward, byte_level_tokenizer, se
     prompts = ["It is a truth", "It is", "It is a truth", "The quick brown fox", continued]
     inputs = model.tokenizer(prompts, return_tensors="pt")
     steps = 5
-    with count_calls(new) as new_calls, count_calls(reward.model) as old_calls:
+    with CountForwards(new) as new_calls, CountForwards(reward.model) as old_calls:
         batch = model.generate(**inputs, max_new_tokens=steps, do_sample=False)[
             :, inputs["input_ids"].shape[1] :
         ]
-    walk = [int((inputs["member_tail_bytes"][:, m] >= 0).sum(-1).max()) for m in range(2)]
+    walk = [tail_steps(inputs["member_tail_bytes"][:, m]) for m in range(2)]
     # one forward of each model per step for all rows (and per byte of the prompts' tails): the old base and
     # its reward share the old side's one mixed-adapter forward
     assert new_calls.calls <= 1 + walk[0] + steps and old_calls.calls <= 1 + walk[1] + steps

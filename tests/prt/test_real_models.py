@@ -6,9 +6,8 @@ import torch
 from hf_coop.models import load_model
 from hf_coop.prt import PRTModel
 from hf_coop.prt.cross_tokenizer import CrossTokenizerPRTModel
-from hf_coop.testing import random_lora_reward, rescore_alone
+from hf_coop.testing import CountForwards, random_lora_reward, rescore_alone, tail_steps
 from hf_coop.vocab.ensemble import CommonVocabEnsemble, normalise_on_common_support
-from tests.prt.test_cross_tokenizer import count_calls
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +35,11 @@ def test_batched_rows_equal_each_row_alone_with_one_forward_per_model_and_step(r
     assert isinstance(model, CrossTokenizerPRTModel)
     inputs = model.tokenizer(PROMPTS, return_tensors="pt")
     steps = 6
-    with count_calls(new) as new_calls, count_calls(reward.model) as old_calls:
+    with CountForwards(new) as new_calls, CountForwards(reward.model) as old_calls:
         batch = model.generate(**inputs, max_new_tokens=steps, do_sample=False)[
             :, inputs["input_ids"].shape[1] :
         ]
-    walk = [int((inputs["member_tail_bytes"][:, m] >= 0).sum(-1).max()) for m in range(2)]
+    walk = [tail_steps(inputs["member_tail_bytes"][:, m]) for m in range(2)]
     assert new_calls.calls <= 1 + walk[0] + steps and old_calls.calls <= 1 + walk[1] + steps
     for row, prompt in enumerate(PROMPTS):
         alone = model.tokenizer([prompt], return_tensors="pt")

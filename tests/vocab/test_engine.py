@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from hf_coop.testing import rescore_alone, tiny_causal_lm
+from hf_coop.testing import CountForwards, rescore_alone, tail_steps, tiny_causal_lm
 from hf_coop.vocab.ensemble import CommonVocabEnsemble
 from hf_coop.vocab.processor import CommonVocabLogitsProcessor
 from hf_coop.vocab.reduced_lm import ReducedVocabLM
@@ -161,33 +161,21 @@ def test_second_generate_call_equals_a_fresh_model(model64, tokenizer):
     assert torch.equal(first, again) and torch.equal(again, fresh)
 
 
-def count_forwards(module):
-    calls = []
-    handle = module.register_forward_hook(lambda *args: calls.append(1))
-    return calls, handle
-
-
-def tail_steps(tail_bytes: torch.Tensor) -> int:
-    """Steps of the byte walk over the prompts' tails (one batched forward each at most)."""
-    return int((tail_bytes >= 0).sum(-1).max())
-
-
 @pytest.mark.parametrize("prompt_boundary", ["canonical", "tail"])
 def test_k1_batch_of_8_costs_one_forward_per_step(model64, tokenizer, prompt_boundary):
     # max_batch large enough that the tail walk (whole distributions, every tokenization) is not chunked
     model = reduced(
         model64, tokenizer, tokens_per_boundary=1, prompt_boundary=prompt_boundary, max_batch=4096
     )
-    calls, handle = count_forwards(model64)
     steps = 12
     # under "tail" the rows walk their tails' bytes first; rows of equal work share each forward (rows of
     # very unequal work may be split in row groups by the forward-cost model)
     prompts = (PROMPTS + PROMPTS)[:8] if prompt_boundary == "canonical" else ["It is a truth"] * 8
     enc = model.tokenizer(prompts, return_tensors="pt")
-    model.generate(**enc, max_new_tokens=steps, do_sample=False)
-    handle.remove()
+    with CountForwards(model64) as counter:
+        model.generate(**enc, max_new_tokens=steps, do_sample=False)
     walk = tail_steps(enc["tail_bytes"]) if prompt_boundary == "tail" else 0
-    assert len(calls) <= 1 + walk + steps
+    assert counter.calls <= 1 + walk + steps
 
 
 def test_more_rows_than_max_batch_are_chunked(model64, tokenizer):
@@ -219,13 +207,12 @@ def test_kv_store_holds_each_unique_token_once(model64, tokenizer):
 def test_ensemble_rows_equal_alone_and_one_forward_per_member_per_step(pair):
     models, tokenizers = pair
     ensemble = CommonVocabEnsemble.from_models(models, tokenizers, max_hypotheses=4, dtype="float64")
-    counters = [count_forwards(m) for m in models]
     prompts = [*PROMPTS[:4], PROMPTS[0] + " univ"]
-    out = generate(ensemble, prompts)
+    with CountForwards(models[0]) as first, CountForwards(models[1]) as second:
+        out = generate(ensemble, prompts)
     tails = ensemble.tokenizer(prompts, return_tensors="pt")["member_tail_bytes"]
-    for member, (calls, handle) in enumerate(counters):
-        handle.remove()
-        assert len(calls) <= 1 + tail_steps(tails[:, member]) + 8
+    for member, counter in enumerate((first, second)):
+        assert counter.calls <= 1 + tail_steps(tails[:, member]) + 8
     assert_rows_equal_alone(ensemble, prompts, out)
     again = generate(ensemble, prompts)  # the same object again acts like a fresh one
     assert torch.equal(again.sequences, out.sequences)

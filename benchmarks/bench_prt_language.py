@@ -75,9 +75,23 @@ def pretrain_old_base(
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
-    ids = pretraining_ids(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    train_on_prose(model, pretraining_ids(tokenizer), steps, optimizer, schedule, seq_len, batch, "pretrain")
+    return model
+
+
+def train_on_prose(
+    model,
+    ids: torch.Tensor,
+    steps: int,
+    optimizer,
+    schedule=None,
+    seq_len: int = 256,
+    batch: int = 8,
+    label="",
+) -> None:
+    """Next-token training on seeded random windows of `ids`; leaves `model` in eval mode."""
     generator = torch.Generator().manual_seed(0)
     model.train()
     for step in range(steps):
@@ -86,11 +100,12 @@ def pretrain_old_base(
         loss = model(input_ids=chunk, labels=chunk).loss
         loss.backward()
         optimizer.step()
-        schedule.step()
+        if schedule is not None:
+            schedule.step()
         optimizer.zero_grad()
-        if step % 50 == 0 or step == steps - 1:
-            print(f"pretrain step {step}: loss {loss.item():.3f}", flush=True)
-    return model.eval()
+        if step % 25 == 0 or step == steps - 1:
+            print(f"{label} step {step}: loss {loss.item():.3f}", flush=True)
+    model.eval()
 
 
 def half_depth(model):

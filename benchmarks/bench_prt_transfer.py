@@ -479,31 +479,23 @@ def same_tokenizer_rows(state, record, new, tokenizer, train, test, scorer, args
 def pretrained_half_depth(model, tokenizer, steps: int, folder: Path, state: dict):
     """The first half of `model`'s layers, continued-pretrained for `steps` on offline prose (kept in
     `folder`, reused by a later run)."""
-    from benchmarks.bench_prt_language import half_depth, pretraining_ids
+    from benchmarks.bench_prt_language import half_depth, pretraining_ids, train_on_prose
 
     if (folder / "config.json").is_file():
         return AutoModelForCausalLM.from_pretrained(folder, dtype=model.dtype).eval().requires_grad_(False)
     torch.manual_seed(0)
-    half = half_depth(model).train().requires_grad_(True)  # PRTTrainer froze `model` (the old base) in place
-    ids = pretraining_ids(tokenizer)
+    half = half_depth(model).requires_grad_(True)  # PRTTrainer froze `model` (the old base) in place
     optimizer = torch.optim.AdamW(half.parameters(), lr=3e-4)
-    generator = torch.Generator().manual_seed(0)
     began = time.perf_counter()
-    for step in range(steps):
-        starts = torch.randint(0, len(ids) - 257, (8,), generator=generator).tolist()
-        chunk = torch.stack([ids[i : i + 256] for i in starts])
-        loss = half(input_ids=chunk, labels=chunk).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if step % 25 == 0:
-            print(
-                f"continued pretraining of the half-depth old base, step {step}: loss {loss.item():.3f}",
-                flush=True,
-            )
+    train_on_prose(
+        half,
+        pretraining_ids(tokenizer),
+        steps,
+        optimizer,
+        label="continued pretraining of the half-depth old base",
+    )
     state["same_tokenizer_pretrain_seconds"] = time.perf_counter() - began
-    half.eval().requires_grad_(False)
-    half.save_pretrained(folder)
+    half.requires_grad_(False).save_pretrained(folder)
     return half
 
 

@@ -296,3 +296,19 @@ def random_lora_reward(base, tokenizer, seed: int = 0, reward_scale: float = 0.5
     return PRTRewardModel(
         network, reward_config_from_models(PRTConfig(reward_scale=reward_scale), base, tokenizer)
     )
+
+
+def end_process_group() -> None:
+    """Destroy the default process group at the end of a multi-process script, once its Trainer is gone.
+
+    Call it after every object holding a DDP wrapper has gone out of scope. Left to interpreter exit, gloo's
+    worker threads can still be freeing an all-gather's Python tensors and abort the process ("terminate
+    called without an active exception"); destroyed while the last DDP reducer dies, the group joins those
+    threads holding the GIL they wait for, and the process hangs. With the reducer gone first, the group is
+    destroyed here through `torch.distributed`, which releases the GIL while it joins.
+    """
+    import gc
+
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

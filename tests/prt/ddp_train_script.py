@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from hf_coop.prt import PRTConfig, PRTTrainer, PRTTrainingArguments
 from hf_coop.testing import TINY_TRAINING_TEXTS as TEXTS
-from hf_coop.testing import tiny_byte_level_tokenizer, tiny_causal_lm
+from hf_coop.testing import end_process_group, tiny_byte_level_tokenizer, tiny_causal_lm
 
 
 def padded_dataset(tokenizer):
@@ -70,8 +70,7 @@ def one_step_update(
     return update, trainer, base_before
 
 
-if __name__ == "__main__":
-    out = Path(sys.argv[1])
+def main(out: Path) -> None:
     update, trainer, base_before = one_step_update(str(out / "run"), per_device_batch=4)
     if trainer.is_world_process_zero():
         base_unchanged = all(torch.equal(p, base_before[n]) for n, p in trainer.base_model.named_parameters())
@@ -85,3 +84,8 @@ if __name__ == "__main__":
                 }
             )
         )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
+    end_process_group()

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainingArguments
 
 from hf_coop.slt import FrozenSLTConfig, apply_frozen_slt
 from hf_coop.slt.callback import FrozenSLTCallback
-from hf_coop.testing import bundled_passage, tiny_byte_level_tokenizer, tiny_causal_lm
+from hf_coop.testing import bundled_passage, end_process_group, tiny_byte_level_tokenizer, tiny_causal_lm
 
 
 def checksum(tensors) -> str:
@@ -72,3 +72,4 @@ def main(output_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_process_group()

@@ -7,6 +7,7 @@ SentencePiece BPE with `▁` for spaces and `<0xNN>` byte fallback.
 
 from __future__ import annotations
 
+import gc
 import json
 from functools import cache
 
@@ -307,8 +308,6 @@ def end_process_group() -> None:
     threads holding the GIL they wait for, and the process hangs. With the reducer gone first, the group is
     destroyed here through `torch.distributed`, which releases the GIL while it joins.
     """
-    import gc
-
     gc.collect()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
